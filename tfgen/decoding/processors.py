@@ -1,0 +1,156 @@
+"""Logits processors: pure TensorFlow functions over scores [batch, vocab], parameters per row.
+
+They follow Hugging Face's `tf_logits_process.py` in what they compute and in the order the
+decoding loops apply them (repetition penalty, no-repeat n-gram, min length; then for sampling
+temperature, top-k, top-p), but every parameter is a tensor with one value per row, so one
+compiled program serves any mix of parameters.
+
+Top-k and top-p need no sort of the vocabulary: the threshold is found by bisection over the
+bits of the float32 values (an order-preserving map to int32), 32 masked counts or sums over
+the vocabulary, exact to the last bit.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores, seen, penalty):
+    """Penalise tokens already in the sequence: positive scores * (1/p), negative scores * p.
+
+    Args:
+        scores: float [B, V].
+        seen: bool [B, V], tokens present in the sequence so far (prompt and its padding included,
+            as in Hugging Face).
+        penalty: float [B]; 1.0 leaves a row unchanged.
+    """
+    penalty = penalty[:, None]
+    # The same float operations as Hugging Face: multiply by 1/p, not divide by p.
+    factor = tf.where(scores > 0, 1.0 / penalty, tf.where(scores < 0, penalty, 0.0))
+    return tf.where(seen, scores * factor, scores)
+
+
+def mark_seen(seen, tokens):
+    """Set seen[b, tokens[b, ...]] = True. seen: bool [B, V]; tokens: int [B] or [B, T]."""
+    tokens = tf.cast(tokens, tf.int32)
+    if tokens.shape.rank == 1:
+        tokens = tokens[:, None]
+    batch = tf.shape(tokens)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
+    indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(tokens, [-1])], axis=-1)
+    return tf.tensor_scatter_nd_update(seen, indices, tf.ones([tf.shape(indices)[0]], tf.bool))
+
+
+def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
+    """Forbid tokens that would repeat an n-gram already in tokens[:, first_slot:cur_len].
+
+    Args:
+        scores: float [B, V].
+        tokens: int32 [B, L], the sequence buffer (slots >= cur_len are ignored).
+        cur_len: int32 scalar, how many slots hold tokens.
+        ngram_size: int32 scalar n; 0 turns the processor off.
+        first_slot: int32 scalar, slots before it (bucket padding) belong to no n-gram.
+    """
+    length = tokens.shape[1]
+    n = tf.cast(ngram_size, tf.int32)
+    cur_len = tf.cast(cur_len, tf.int32)
+    # -1 matches no real token, so windows reaching into the padding never match.
+    tokens = tf.where(tf.range(length)[None, :] >= first_slot, tf.cast(tokens, tf.int32), -1)
+
+    def banned():
+        # A window starting at j matches when tokens[j + i] == tokens[cur_len - n + 1 + i] for
+        # i < n - 1; its next token tokens[j + n - 1] is then banned.
+        starts = tf.range(length)
+        prefix_start = cur_len - n + 1
+
+        def compare(i, match):
+            window = tf.gather(tokens, tf.minimum(starts + i, length - 1), axis=1)  # [B, L]
+            current = tf.gather(tokens, tf.clip_by_value(prefix_start + i, 0, length - 1), axis=1)
+            return i + 1, match & tf.equal(window, current[:, None])
+
+        match = tf.ones_like(tokens, tf.bool)
+        _, match = tf.while_loop(
+            lambda i, _: i < n - 1, compare, (tf.constant(0), match),
+            maximum_iterations=length,
+        )
+        valid = (starts + n - 1 < cur_len)[None, :] & (cur_len - first_slot + 1 >= n)
+        match = match & valid  # [B, L]
+        next_tokens = tf.gather(tokens, tf.minimum(starts + n - 1, length - 1), axis=1)  # [B, L]
+        next_tokens = tf.maximum(next_tokens, 0)  # padding slots never match; keep indices valid
+        batch = tf.shape(tokens)[0]
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
+        indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(next_tokens, [-1])], axis=-1)
+        mask = tf.scatter_nd(indices, tf.reshape(tf.cast(match, tf.int32), [-1]), tf.shape(scores))
+        return tf.where(mask > 0, NEG_INF, scores)
+
+    return tf.cond(n > 0, banned, lambda: scores)
+
+
+def min_new_tokens(scores, step, minimum, eos_token_id):
+    """Forbid EOS while fewer than `minimum` (scalar or [B]) tokens were generated (`step`)."""
+    is_eos = tf.equal(tf.range(tf.shape(scores)[1]), eos_token_id)[None, :]
+    block = tf.reshape(tf.cast(step, tf.int32) < tf.cast(minimum, tf.int32), [-1, 1])
+    return tf.where(is_eos & block, NEG_INF, scores)
+
+
+def temperature(scores, value):
+    """Divide each row by its temperature [B]."""
+    return scores / value[:, None]
+
+
+def _sortable_bits(values):
+    """Map float32 to int64 keys with the same order (-inf < ... < -0 <= 0 < ... < inf)."""
+    bits = tf.cast(tf.bitcast(tf.cast(values, tf.float32), tf.int32), tf.int64)
+    return tf.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
+
+
+def _bisect_threshold(keys, enough):
+    """The largest key t with enough(keys >= t) True, per row, by bisection on int64 keys [B, V].
+
+    `enough(mask [B, V]) -> bool [B]` must be monotone: True for t = min key of the row.
+    """
+    low = tf.reduce_min(keys, axis=1)
+    high = tf.reduce_max(keys, axis=1) + 1  # enough(keys >= high) is False: nothing selected
+
+    def body(low, high):
+        mid = low + (high - low) // 2
+        ok = enough(keys >= mid[:, None])
+        return tf.where(ok, mid, low), tf.where(ok, high, mid)
+
+    # 34 halvings cover the 2**33 range of the keys.
+    low, _ = tf.while_loop(lambda low, high: tf.reduce_any(high - low > 1), body, (low, high),
+                           maximum_iterations=34)
+    return low
+
+
+def top_k(scores, k):
+    """Keep scores >= the k-th largest of the row (ties kept, as Hugging Face does); k [B], 0 = off."""
+    vocab = tf.shape(scores)[1]
+    k = tf.minimum(tf.cast(k, tf.int32), vocab)
+
+    def filtered():
+        keys = _sortable_bits(scores)
+        threshold = _bisect_threshold(
+            keys, lambda mask: tf.reduce_sum(tf.cast(mask, tf.int32), axis=1) >= k
+        )
+        keep = (keys >= threshold[:, None]) | (k <= 0)[:, None]
+        return tf.where(keep, scores, NEG_INF)
+
+    return tf.cond(tf.reduce_any(k > 0), filtered, lambda: scores)
+
+
+def top_p(scores, p):
+    """Keep the smallest set of most likely tokens whose probability reaches p [B] (1.0 = off)."""
+    p = tf.cast(p, tf.float32)
+
+    def filtered():
+        probs = tf.nn.softmax(scores, axis=-1)
+        keys = _sortable_bits(probs)
+        threshold = _bisect_threshold(
+            keys, lambda mask: tf.reduce_sum(tf.where(mask, probs, 0.0), axis=1) >= p
+        )
+        keep = (keys >= threshold[:, None]) | (p >= 1.0)[:, None]
+        return tf.where(keep, scores, NEG_INF)
+
+    return tf.cond(tf.reduce_any(p < 1.0), filtered, lambda: scores)

@@ -1,0 +1,124 @@
+"""Greedy search and sampling: one loop, the strategy chosen per row by `do_sample`.
+
+Greedy is sampling's degenerate case: a greedy row skips the warpers (temperature, top-k,
+top-p) and the noise, and takes the argmax of the processed scores, as Hugging Face's greedy
+search does. Sampling is Gumbel-max over the warped scores, with noise keyed by (row seed, step)
+so a row's text depends only on its own seed.
+
+The loop is `init_state` (prefill, then choose the first token) followed by `advance` (feed the
+last token, choose the next) until every row finished; `decode` runs it all inside one program,
+`TextGenerator.stream` drives `advance` from Python.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfgen.decoding import processors, random, search
+
+
+def choose(logits, state, params, vocab_size):
+    """Process the logits and pick each row's next token; returns (tokens [B], log-probs [B])."""
+    step = state["step"]
+    cur_len = state["prompt_length"] + step
+    scores = search.apply_processors(logits, state["tokens"], cur_len, step, params, vocab_size)
+    sample = params["do_sample"]
+
+    def warp_and_sample():
+        warped = processors.temperature(scores, tf.where(sample, params["temperature"], 1.0))
+        warped = processors.top_k(warped, tf.where(sample, params["top_k"], 0))
+        warped = processors.top_p(warped, tf.where(sample, params["top_p"], 1.0))
+        noise = random.gumbel(params["seed"], step, vocab_size)
+        noisy = tf.where(sample[:, None], warped + noise, warped)
+        return warped, tf.argmax(noisy, axis=-1, output_type=tf.int32)
+
+    def greedy():
+        return scores, tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+    final, tokens = tf.cond(tf.reduce_any(sample), warp_and_sample, greedy)
+    log_probs = tf.gather(tf.nn.log_softmax(final, axis=-1), tokens, axis=1, batch_dims=1)
+    return tokens, log_probs
+
+
+def record(state, tokens, log_probs, params):
+    """Write the chosen tokens into the state and update which rows finished."""
+    finished = state["finished"]
+    tokens = tf.where(finished, params["pad_token_id"], tokens)
+    step = state["step"]
+    slot = state["prompt_length"] + step
+    newly_done = tf.equal(tokens, params["eos_token_id"]) | (step + 1 >= params["max_new_tokens"])
+    return dict(
+        state,
+        tokens=search.write_column(state["tokens"], slot, tokens),
+        log_probs=search.write_column(state["log_probs"], step, tf.where(finished, 0.0, log_probs)),
+        finished=finished | newly_done,
+        last=tokens,
+        step=step + 1,
+    )
+
+
+def init_state(lm, input_ids, attention_mask, params, num_steps):
+    """Prefill the cache with the prompt and choose the first token."""
+    batch, prompt_length = input_ids.shape[0], input_ids.shape[1]
+    max_length = prompt_length + num_steps
+    logits, cache, key_mask, positions = search.prefill(lm, input_ids, attention_mask, max_length)
+    state = dict(
+        tokens=tf.pad(tf.cast(input_ids, tf.int32), [[0, 0], [0, num_steps]],
+                      constant_values=params["pad_token_id"]),
+        log_probs=tf.zeros([batch, num_steps], tf.float32),
+        finished=tf.zeros([batch], tf.bool),
+        last=tf.zeros([batch], tf.int32),
+        step=tf.constant(0),
+        prompt_length=tf.constant(prompt_length),
+        positions=positions,
+        key_mask=key_mask,
+        cache=cache,
+    )
+    tokens, log_probs = choose(logits, state, params, lm.vocab_size)
+    return record(state, tokens, log_probs, params)
+
+
+def advance(lm, state, params):
+    """Feed the last chosen token and choose the next."""
+    slot = state["prompt_length"] + state["step"] - 1
+    logits, cache, key_mask = search.feed(
+        lm, state["last"], slot, state["positions"], state["key_mask"], state["cache"]
+    )
+    state = dict(state, cache=cache, key_mask=key_mask, positions=state["positions"] + 1)
+    tokens, log_probs = choose(logits, state, params, lm.vocab_size)
+    return record(state, tokens, log_probs, params)
+
+
+def decode(lm, input_ids, attention_mask, params, num_steps):
+    """Generate up to `num_steps` tokens per row in one loop.
+
+    Args:
+        lm: a `tfgen.model.CausalLM`.
+        input_ids, attention_mask: int32 [B, P], left-padded.
+        params: dict of tensors, per row [B]: do_sample, temperature, top_k, top_p,
+            repetition_penalty, max_new_tokens, seed; scalars: min_new_tokens,
+            no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot.
+        num_steps: static bound on new tokens (the cache holds P + num_steps slots).
+
+    Returns:
+        dict with new_tokens int32 [B, num_steps], log_probs float32 [B, num_steps],
+        num_generated int32 [B].
+    """
+    state = init_state(lm, input_ids, attention_mask, params, num_steps)
+    steps = tf.minimum(tf.reduce_max(params["max_new_tokens"]), num_steps)
+    state = tf.while_loop(
+        lambda s: (s["step"] < steps) & ~tf.reduce_all(s["finished"]),
+        lambda s: [advance(lm, s, params)],
+        [state],
+        maximum_iterations=num_steps - 1,
+    )[0]
+    return finish(state, params)
+
+
+def finish(state, params):
+    new_tokens = state["tokens"][:, state["tokens"].shape[1] - state["log_probs"].shape[1]:]
+    limit = tf.minimum(params["max_new_tokens"], state["step"])
+    return dict(
+        new_tokens=new_tokens,
+        log_probs=state["log_probs"],
+        num_generated=search.generated_lengths(new_tokens, params["eos_token_id"], limit),
+    )

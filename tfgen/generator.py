@@ -1,0 +1,216 @@
+"""TextGenerator: a loaded model and its tokenizer, with generation and inspection."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from tfgen import inspect as _inspect
+from tfgen.config import GenerationConfig
+from tfgen.decoding.engine import Engine
+from tfgen.model import adapter_for
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """What `generate_ids` returns.
+
+    Attributes:
+        sequences: int32 [N, P + T]: the input ids (as given, padding included) followed by the
+            new tokens; rows that ended early are filled with the pad id. N = batch *
+            num_return_sequences, rows of one prompt next to each other.
+        num_generated: int32 [N], new tokens per row (EOS included when reached).
+        scores: greedy/sampling: float32 [N, T], the log-probability of each chosen token under
+            the processed distribution (0 after the row ended); beam search: float32 [N], the
+            length-penalised sequence scores Hugging Face reports as `sequences_scores`.
+    """
+
+    sequences: np.ndarray
+    num_generated: np.ndarray
+    scores: np.ndarray
+
+
+class TextGenerator:
+    """A causal LM ready to generate and to be inspected.
+
+    Args:
+        model: a `transformers.TFGPT2LMHeadModel`.
+        tokenizer: its transformers tokenizer (GPT-2 BPE).
+        xla: compile decoding with XLA (default True).
+
+    Example:
+        >>> import tfgen
+        >>> gen = tfgen.load("random:tiny")
+        >>> text = gen.generate("The theory of relativity is", max_new_tokens=5)
+    """
+
+    def __init__(self, model, tokenizer, xla: bool = True):
+        if not hasattr(model, "config") or not hasattr(tokenizer, "encode"):
+            raise TypeError("TextGenerator needs a transformers TF causal LM and its tokenizer")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.lm = adapter_for(model)
+        self.engine = Engine(self.lm, xla=xla)
+        self.name = getattr(model.config, "name_or_path", "") or model.config.model_type
+        self.random_weights = False
+
+    # -- tokens -----------------------------------------------------------------------------
+    def tokenize(self, text: str) -> List[int]:
+        """Token ids of `text` (no special tokens added)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def tokens(self, text: str) -> List[str]:
+        """The tokens of `text` as strings, one per id (byte-level BPE symbols decoded to text)."""
+        return [self.decode([i]) for i in self.tokenize(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a sequence of token ids."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise TypeError("ids must be a 1-D sequence of integers")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        return self.tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.vocab_size
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters (tied input/output embeddings counted once)."""
+        return int(self.model.count_params())
+
+    # -- inspection ---------------------------------------------------------------------------
+    def next_tokens(self, text: str, k: int = 10):
+        """The k most likely next tokens: list of (token text, id, probability). See tfgen.inspect."""
+        return _inspect.next_tokens(self, text, k)
+
+    def hidden_states(self, text: str, layer: Union[int, str, None] = -1) -> np.ndarray:
+        """Hidden states [tokens, hidden] of one layer, or of all layers. See tfgen.inspect."""
+        return _inspect.hidden_states(self, text, layer)
+
+    def embedding(self, word: str) -> np.ndarray:
+        """Mean input embedding of the word's tokens."""
+        return _inspect.embedding(self, word)
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of two words' input embeddings."""
+        return _inspect.similarity(self, a, b)
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, prompts: Union[str, Sequence[str]], generation_config=None,
+                 return_full_text: bool = True, **params) -> Union[str, List[str]]:
+        """Continue one prompt or a list of prompts.
+
+        Args:
+            prompts: a string, or a list of strings (an empty string starts from BOS).
+            generation_config: a `tfgen.GenerationConfig` or `transformers.GenerationConfig`.
+            return_full_text: prompt + continuation (default) or the continuation only.
+            **params: any GenerationConfig field (max_new_tokens, do_sample, top_p, ...).
+
+        Returns:
+            A string for a string prompt (a list of num_return_sequences strings when that is > 1);
+            for a list, a flat list with num_return_sequences entries per prompt, in order.
+
+        Example:
+            >>> gen.generate(["Hello", "The sky is"], max_new_tokens=8, do_sample=True, seed=0)
+        """
+        single = isinstance(prompts, str)
+        texts = [prompts] if single else prompts
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise TypeError("prompts must be a string or a non-empty list of strings")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"prompt {index} must be a string, got {type(text).__name__}")
+        config = GenerationConfig.from_any(generation_config, **params)
+        encoded = [self.tokenize(text) or [self.lm.bos_token_id] for text in texts]
+        ids, mask = self._left_pad(encoded)
+        result = self._run(ids, mask, config)
+        stops = config.stop_strings
+        outputs = []
+        for row in range(len(result["num_generated"])):
+            new = result["new_tokens"][row, : result["num_generated"][row]]
+            completion = self.tokenizer.decode(new.tolist(), skip_special_tokens=True,
+                                               clean_up_tokenization_spaces=False)
+            completion = cut_at_stop(completion, stops)
+            prompt = texts[row // config.num_return_sequences]
+            outputs.append(prompt + completion if return_full_text else completion)
+        if single:
+            return outputs[0] if config.num_return_sequences == 1 else outputs
+        return outputs
+
+    def generate_ids(self, input_ids, attention_mask=None, generation_config=None, **params) -> GenerationResult:
+        """Generate from token ids.
+
+        Args:
+            input_ids: int [B, P] (a list of equal-length lists or an array), left-padded.
+            attention_mask: int [B, P], 1 for real tokens; None means all real.
+            generation_config, **params: as in `generate`; temperature, top_k, top_p,
+                repetition_penalty, max_new_tokens and seed may be arrays with one value per row.
+        """
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError("input_ids must be a non-empty 2-D array of integer token ids")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"input_ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+        if (mask.sum(axis=1) == 0).any():
+            raise ValueError("every row of attention_mask needs at least one real token")
+        config = GenerationConfig.from_any(generation_config, **params)
+        result = self._run(ids.astype(np.int32), mask.astype(np.int32), config)
+        copies = config.num_return_sequences
+        prompt = np.repeat(ids, copies, axis=0).astype(np.int32)
+        sequences = np.concatenate([prompt, result["new_tokens"].astype(np.int32)], axis=1)
+        scores = result.get("scores", result.get("log_probs"))
+        return GenerationResult(sequences, result["num_generated"].astype(np.int32), scores)
+
+    def stream(self, prompt: str, generation_config=None, **params) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as tokens are produced.
+
+        Greedy or sampling (not beam search), one prompt. Stops at EOS, max_new_tokens or a stop
+        string (which is not yielded).
+        """
+        from tfgen.decoding.streaming import stream_text
+
+        return stream_text(self, prompt, GenerationConfig.from_any(generation_config, **params))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _left_pad(self, encoded: List[List[int]]):
+        longest = max(len(ids) for ids in encoded)
+        ids = np.full([len(encoded), longest], self.lm.pad_token_id, np.int32)
+        mask = np.zeros([len(encoded), longest], np.int32)
+        for row, tokens in enumerate(encoded):
+            ids[row, longest - len(tokens):] = tokens
+            mask[row, longest - len(tokens):] = 1
+        return ids, mask
+
+    def _check_length(self, longest: int, config: GenerationConfig) -> None:
+        max_new = int(np.max(config.max_new_tokens))
+        if longest + max_new > self.lm.max_positions:
+            raise ValueError(
+                f"prompt of {longest} tokens + max_new_tokens={max_new} exceeds the model's context of "
+                f"{self.lm.max_positions} tokens; shorten the prompt or lower max_new_tokens"
+            )
+
+    def _run(self, ids, mask, config: GenerationConfig) -> dict:
+        config.validate(batch_size=ids.shape[0])
+        self._check_length(int(mask.sum(axis=1).max()), config)
+        return self.engine.generate(ids, mask, config)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """Cut `text` at the earliest occurrence of any stop string."""
+    cut = len(text)
+    for stop in stops:
+        index = text.find(stop)
+        if index != -1:
+            cut = min(cut, index)
+    return text[:cut]

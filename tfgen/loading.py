@@ -1,0 +1,142 @@
+"""Model specs -> TextGenerator: local directories, hub ids, random presets, the built-in default."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+DEFAULT_SPEC = "random:gpt2"
+
+# Architectures of the published GPT-2 checkpoints, for untrained ("random:") models.
+RANDOM_PRESETS = {
+    "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
+    "distilgpt2": dict(n_layer=6, n_embd=768, n_head=12),
+    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
+    "gpt2-large": dict(n_layer=36, n_embd=1280, n_head=20),
+    "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25),
+    "tiny": dict(n_layer=2, n_embd=64, n_head=4),
+}
+
+_WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "pytorch_model.bin")
+
+
+def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_files_only: bool = False):
+    """Load a GPT-2-family model and its tokenizer as a `tfgen.TextGenerator`.
+
+    Args:
+        spec: a local directory in `save_pretrained` layout; a hub id such as "gpt2" or
+            "distilgpt2" (online or from the local Hugging Face cache); "random:NAME" for an
+            untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium, gpt2-large,
+            gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in default.
+        seed: the initialisation seed of random models.
+        xla: compile decoding with XLA (default True).
+        local_files_only: never try the network for hub ids.
+
+    Raises:
+        TypeError: spec is not a string.
+        ValueError: unknown preset, missing or corrupt files, unsupported architecture, hub id
+            not reachable.
+
+    Example:
+        >>> import tfgen
+        >>> gen = tfgen.load("random:tiny")
+        >>> gen.tokenize("The theory of relativity is")
+        [464, 4583, 286, 44449, 318]
+    """
+    from tfgen.generator import TextGenerator
+
+    if spec is None:
+        spec = DEFAULT_SPEC
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("random:"):
+        model, tokenizer = _random_model(spec[len("random:"):], seed)
+    elif os.path.isdir(spec):
+        model, tokenizer = _from_directory(spec)
+    elif os.path.exists(spec):
+        raise ValueError(f"model spec {spec!r} is a file; give the directory that holds config.json")
+    else:
+        model, tokenizer = _from_hub(spec, local_files_only)
+    generator = TextGenerator(model, tokenizer, xla=xla)
+    generator.name = spec
+    generator.random_weights = spec.startswith("random:")
+    return generator
+
+
+def _random_model(name: str, seed: int):
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from tfgen.tokenizer import default_gpt2_tokenizer
+
+    if name not in RANDOM_PRESETS:
+        raise ValueError(
+            f"unknown random model {name!r}; choose one of: {', '.join('random:' + n for n in RANDOM_PRESETS)}"
+        )
+    tf.keras.utils.set_random_seed(seed)
+    config = GPT2Config(**RANDOM_PRESETS[name])
+    model = TFGPT2LMHeadModel(config)
+    model(model.dummy_inputs)
+    return model, default_gpt2_tokenizer()
+
+
+def _from_directory(path: str):
+    from transformers import TFGPT2LMHeadModel
+
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{path!r} has no config.json; expected a save_pretrained directory")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {config_path}: {error}") from None
+    if config.get("model_type") != "gpt2":
+        raise ValueError(
+            f"{config_path} describes a {config.get('model_type')!r} model; tfgen loads gpt2 models"
+        )
+    weights = [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+    if not weights:
+        raise ValueError(f"{path!r} has no weights: expected one of {', '.join(_WEIGHT_FILES)}")
+    weight_file = os.path.join(path, weights[0])
+    kwargs = {"from_pt": True} if weights[0] == "pytorch_model.bin" else {}
+    try:
+        model = TFGPT2LMHeadModel.from_pretrained(path, local_files_only=True, **kwargs)
+    except Exception as error:  # transformers raises many types for a damaged file
+        raise ValueError(f"cannot load weights from {weight_file}: {_first_line(error)}") from None
+    return model, _tokenizer_for(path)
+
+
+def _tokenizer_for(path: str):
+    from transformers import GPT2TokenizerFast
+
+    from tfgen.tokenizer import default_gpt2_tokenizer
+
+    own = [name for name in ("tokenizer.json", "vocab.json") if os.path.isfile(os.path.join(path, name))]
+    if not own:
+        return default_gpt2_tokenizer()
+    try:
+        return GPT2TokenizerFast.from_pretrained(path, local_files_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot load the tokenizer in {path!r} ({own[0]}): {_first_line(error)}") from None
+
+
+def _from_hub(model_id: str, local_files_only: bool):
+    from transformers import GPT2TokenizerFast, TFGPT2LMHeadModel
+
+    try:
+        model = TFGPT2LMHeadModel.from_pretrained(model_id, local_files_only=local_files_only)
+        tokenizer = GPT2TokenizerFast.from_pretrained(model_id, local_files_only=local_files_only)
+    except Exception as error:
+        raise ValueError(
+            f"cannot load {model_id!r}: it is not a local directory, and the Hugging Face hub and its "
+            f"local cache did not provide it ({_first_line(error)}). Without network access, download it "
+            "elsewhere with `TFGPT2LMHeadModel.from_pretrained(id).save_pretrained(DIR)` (and the "
+            "tokenizer's save_pretrained) and pass DIR, or use random:gpt2 for an untrained model."
+        ) from None
+    return model, tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -1,0 +1,242 @@
+"""Causal-LM adapters: a forward pass over a static, in-place KV cache.
+
+The decoding loop sees only the `CausalLM` interface below: `init_cache`, `forward` (used for both
+the prefill over the prompt and the one-token decoding step), the vocabulary size and the special
+ids. Nothing in the loop names an architecture.
+
+The cache of each layer is one key and one value tensor of shape [batch, heads, max_length,
+head_dim]. `forward` writes the new keys/values at slots [start, start + T) in place
+(`dynamic_update_slice` under XLA) and attends over all `max_length` slots with a mask, so every
+step of the loop has the same shapes and compiles once.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import List, Tuple
+
+import tensorflow as tf
+
+Cache = List[tf.Tensor]  # [k_0, v_0, k_1, v_1, ...], each [batch, heads, max_length, head_dim]
+
+_MASK_VALUE = -1e9
+
+
+_XLA_WRITES = [False]
+
+
+@contextlib.contextmanager
+def xla_writes(enabled: bool):
+    """While tracing a jit-compiled program, write the cache with XLA's in-place dynamic update."""
+    previous = _XLA_WRITES[0]
+    _XLA_WRITES[0] = enabled
+    try:
+        yield
+    finally:
+        _XLA_WRITES[0] = previous
+
+
+def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
+    """Write `update` [B, H, T, D] into `cache` [B, H, L, D] at slot `start`, in place under XLA."""
+    start = tf.cast(start, tf.int32)
+    if _XLA_WRITES[0]:
+        from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
+
+        zero = tf.zeros([], tf.int32)
+        return dynamic_update_slice(cache, tf.cast(update, cache.dtype), tf.stack([zero, zero, start, zero]))
+    # Outside XLA (eager inspection, --no-xla exports) a scatter over the slot axis does the same.
+    length = tf.shape(update)[2]
+    slots = start + tf.range(length)
+    updated = tf.tensor_scatter_nd_update(
+        tf.transpose(cache, [2, 0, 1, 3]), slots[:, None], tf.transpose(update, [2, 0, 1, 3])
+    )
+    return tf.transpose(updated, [1, 2, 0, 3])
+
+
+def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int) -> tf.Tensor:
+    """Additive attention bias [B, 1, T, L]: query i (at slot start + i) sees valid slots <= its own."""
+    max_length = tf.shape(key_mask)[1]
+    query_slots = tf.cast(start, tf.int32) + tf.range(num_queries)  # [T]
+    causal = tf.range(max_length)[None, :] <= query_slots[:, None]  # [T, L]
+    allowed = tf.logical_and(causal[None, :, :], tf.cast(key_mask, tf.bool)[:, None, :])  # [B, T, L]
+    return tf.where(allowed, 0.0, _MASK_VALUE)[:, None, :, :]
+
+
+def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias):
+    """Write k/v [B, H, T, D] into the cache, then attend q [B, H, T, D] over all slots.
+
+    Returns (output [B, H, T, D], cache_k, cache_v).
+    """
+    cache_k = write_slots(cache_k, k_new, start)
+    cache_v = write_slots(cache_v, v_new, start)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = tf.matmul(q, cache_k, transpose_b=True) * scale + bias  # [B, H, T, L]
+    weights = tf.nn.softmax(scores, axis=-1)
+    return tf.matmul(weights, cache_v), cache_k, cache_v
+
+
+class CausalLM:
+    """What the decoding engine needs from a model. Subclasses wrap one architecture."""
+
+    vocab_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int
+    eos_token_id: int
+    pad_token_id: int
+    bos_token_id: int
+    dtype = tf.float32
+
+    def init_cache(self, batch_size, max_length) -> Cache:
+        shape = [batch_size, self.num_kv_heads, max_length, self.head_dim]
+        return [tf.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)]
+
+    def forward(self, input_ids, positions, start, key_mask, cache, all_logits=False):
+        """Run T tokens through the model, writing their keys/values at slots [start, start+T).
+
+        Args:
+            input_ids: int32 [B, T].
+            positions: int32 [B, T], each token's position (left padding makes them row-dependent).
+            start: int32 scalar, the cache slot of the first token.
+            key_mask: bool [B, L], which cache slots hold real tokens (after this write).
+            cache: the list from `init_cache`.
+            all_logits: return logits for all T tokens instead of the last one.
+
+        Returns:
+            (logits [B, V] or [B, T, V], new cache)
+        """
+        hidden, cache = self.hidden(input_ids, positions, start, key_mask, cache)
+        if not all_logits:
+            hidden = hidden[:, -1, :]
+        return self.logits(hidden), cache
+
+    def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
+        raise NotImplementedError
+
+    def logits(self, hidden):
+        raise NotImplementedError
+
+    def variables(self) -> list:
+        raise NotImplementedError
+
+    def input_embeddings(self) -> tf.Variable:
+        """The token embedding matrix [vocab, hidden]."""
+        raise NotImplementedError
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
+
+
+def _gelu_new(x):
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+
+_ACTIVATIONS = {
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": _gelu_new,
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+    "relu": tf.nn.relu,
+}
+
+
+class GPT2(CausalLM):
+    """GPT-2 on the weights of a `transformers.TFGPT2LMHeadModel` (read by reference, not copied)."""
+
+    def __init__(self, model):
+        config = model.config
+        if config.activation_function not in _ACTIVATIONS:
+            raise ValueError(f"unsupported GPT-2 activation_function {config.activation_function!r}")
+        self.model = model
+        self.config = config
+        self.vocab_size = int(config.vocab_size)
+        self.num_layers = int(config.n_layer)
+        self.num_heads = self.num_kv_heads = int(config.n_head)
+        self.hidden_size = int(config.n_embd)
+        self.head_dim = self.hidden_size // self.num_heads
+        self.max_positions = int(config.n_positions)
+        self.epsilon = float(config.layer_norm_epsilon)
+        self.activation = _ACTIVATIONS[config.activation_function]
+        self.eos_token_id = int(config.eos_token_id if config.eos_token_id is not None else 50256)
+        self.bos_token_id = int(config.bos_token_id if config.bos_token_id is not None else self.eos_token_id)
+        pad = getattr(config, "pad_token_id", None)
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
+        transformer = model.transformer
+        self.wte = transformer.wte.embeddings
+        self.wpe = transformer.wpe.embeddings
+        self.blocks = transformer.h
+        self.ln_f = transformer.ln_f
+
+    def variables(self):
+        return list(self.model.weights)
+
+    def input_embeddings(self):
+        return self.wte
+
+    def embed(self, input_ids, positions):
+        return tf.gather(self.wte, input_ids) + tf.gather(self.wpe, positions)
+
+    def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
+        """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
+        batch = tf.shape(input_ids)[0]
+        length = input_ids.shape[1]
+        x = self.embed(input_ids, positions)
+        bias = attention_bias(key_mask, start, length)
+        layers = [x]
+        new_cache = []
+        for index, block in enumerate(self.blocks):
+            attn = block.attn
+            h = _layer_norm(x, block.ln_1.gamma, block.ln_1.beta, self.epsilon)
+            qkv = tf.matmul(h, attn.c_attn.weight) + attn.c_attn.bias  # [B, T, 3D]
+            q, k, v = [self._split_heads(t, batch, length) for t in tf.split(qkv, 3, axis=-1)]
+            out, cache_k, cache_v = cached_attention(
+                q, k, v, cache[2 * index], cache[2 * index + 1], start, bias
+            )
+            new_cache += [cache_k, cache_v]
+            out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, length, self.hidden_size])
+            x = x + tf.matmul(out, attn.c_proj.weight) + attn.c_proj.bias
+            h = _layer_norm(x, block.ln_2.gamma, block.ln_2.beta, self.epsilon)
+            mlp = block.mlp
+            h = self.activation(tf.matmul(h, mlp.c_fc.weight) + mlp.c_fc.bias)
+            x = x + tf.matmul(h, mlp.c_proj.weight) + mlp.c_proj.bias
+            layers.append(x)
+        x = _layer_norm(x, self.ln_f.gamma, self.ln_f.beta, self.epsilon)
+        if all_layers:
+            # Hugging Face's hidden_states: embeddings, the output of each block but the last, then
+            # the final layer-normed output.
+            return layers[:-1] + [x], new_cache
+        return x, new_cache
+
+    def logits(self, hidden):
+        return tf.matmul(hidden, self.wte, transpose_b=True)
+
+    def _split_heads(self, tensor, batch, length):
+        tensor = tf.reshape(tensor, [batch, length, self.num_heads, self.head_dim])
+        return tf.transpose(tensor, [0, 2, 1, 3])
+
+
+def adapter_for(model) -> CausalLM:
+    """The adapter for a loaded model."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type == "gpt2":
+        return GPT2(model)
+    raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: gpt2")
+
+
+def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
+    """Position ids as Hugging Face computes them for left padding: the count of real tokens before."""
+    return tf.math.cumsum(tf.cast(attention_mask, tf.int32), axis=-1, exclusive=True)
+
+
+def full_forward(lm: CausalLM, input_ids, attention_mask, all_layers=False) -> Tuple[tf.Tensor, Cache]:
+    """Hidden states for a whole (left-padded) batch in one pass, on a cache just large enough."""
+    input_ids = tf.convert_to_tensor(input_ids, tf.int32)
+    attention_mask = tf.convert_to_tensor(attention_mask, tf.int32)
+    batch, length = input_ids.shape
+    cache = lm.init_cache(batch, length)
+    return lm.hidden(
+        input_ids, positions_from_mask(attention_mask), tf.constant(0), attention_mask > 0, cache,
+        all_layers=all_layers,
+    )
