@@ -181,7 +181,7 @@ class GPT2(CausalLM):
     def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
         """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
         batch = tf.shape(input_ids)[0]
-        length = input_ids.shape[1]
+        length = tf.shape(input_ids)[1]
         x = self.embed(input_ids, positions)
         bias = attention_bias(key_mask, start, length)
         layers = [x]

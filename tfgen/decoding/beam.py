@@ -99,7 +99,7 @@ def keep_going(state, params):
 
 def init_state(lm, input_ids, attention_mask, params, num_steps, num_beams):
     """Prefill once per prompt, copy the cache to every beam, and take the first beam step."""
-    batch, prompt_length = input_ids.shape[0], input_ids.shape[1]
+    batch, prompt_length = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
     max_length = prompt_length + num_steps
     logits, cache, key_mask, positions = search.prefill(lm, input_ids, attention_mask, max_length)
     tokens = tf.pad(tf.cast(input_ids, tf.int32), [[0, 0], [0, num_steps]],
@@ -113,7 +113,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps, num_beams):
         scores=tf.fill([batch, num_beams], _NEG),
         finished=tf.zeros([batch, num_beams], tf.bool),
         step=tf.constant(0),
-        prompt_length=tf.constant(prompt_length),
+        prompt_length=prompt_length,
         positions=tf.repeat(positions, num_beams, axis=0),
         key_mask=tf.repeat(key_mask, num_beams, axis=0),
         cache=[tf.repeat(c, num_beams, axis=0) for c in cache],
@@ -154,7 +154,7 @@ def decode(lm, input_ids, attention_mask, params, num_steps, num_beams, num_retu
     running_scores = state["running_scores"] / _length_norm(state["step"], params["length_penalty"])
     scores = tf.where(any_finished[:, None], state["scores"], running_scores)
     sequences = _flat(sequences[:, :num_return_sequences])
-    new_tokens = sequences[:, input_ids.shape[1]:]
+    new_tokens = sequences[:, tf.shape(input_ids)[1]:]
     return dict(
         new_tokens=new_tokens,
         scores=tf.reshape(scores[:, :num_return_sequences], [-1]),

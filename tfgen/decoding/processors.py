@@ -52,7 +52,7 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
         ngram_size: int32 scalar n; 0 turns the processor off.
         first_slot: int32 scalar, slots before it (bucket padding) belong to no n-gram.
     """
-    length = tokens.shape[1]
+    length = tf.shape(tokens)[1]
     n = tf.cast(ngram_size, tf.int32)
     cur_len = tf.cast(cur_len, tf.int32)
     # -1 matches no real token, so windows reaching into the padding never match.

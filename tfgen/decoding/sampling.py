@@ -58,7 +58,7 @@ def record(state, tokens, log_probs, params):
 
 def init_state(lm, input_ids, attention_mask, params, num_steps):
     """Prefill the cache with the prompt and choose the first token."""
-    batch, prompt_length = input_ids.shape[0], input_ids.shape[1]
+    batch, prompt_length = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
     max_length = prompt_length + num_steps
     logits, cache, key_mask, positions = search.prefill(lm, input_ids, attention_mask, max_length)
     state = dict(
@@ -68,7 +68,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
         finished=tf.zeros([batch], tf.bool),
         last=tf.zeros([batch], tf.int32),
         step=tf.constant(0),
-        prompt_length=tf.constant(prompt_length),
+        prompt_length=prompt_length,
         positions=positions,
         key_mask=key_mask,
         cache=cache,
@@ -115,7 +115,7 @@ def decode(lm, input_ids, attention_mask, params, num_steps):
 
 
 def finish(state, params):
-    new_tokens = state["tokens"][:, state["tokens"].shape[1] - state["log_probs"].shape[1]:]
+    new_tokens = state["tokens"][:, tf.shape(state["tokens"])[1] - tf.shape(state["log_probs"])[1]:]
     limit = tf.minimum(params["max_new_tokens"], state["step"])
     return dict(
         new_tokens=new_tokens,

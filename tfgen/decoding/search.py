@@ -13,7 +13,7 @@ def prefill(lm, input_ids, attention_mask, max_length):
     Returns (logits [B, V] of the last prompt token, cache, key_mask [B, L], positions [B]): the
     key mask marks the prompt's real tokens; positions is the position of the next token.
     """
-    prompt_length = input_ids.shape[1]
+    prompt_length = tf.shape(input_ids)[1]
     mask = tf.cast(attention_mask, tf.int32)
     key_mask = tf.pad(mask > 0, [[0, 0], [0, max_length - prompt_length]])
     cache = lm.init_cache(tf.shape(input_ids)[0], max_length)

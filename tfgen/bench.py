@@ -1,0 +1,139 @@
+"""Side-by-side decoding benchmark: tfgen against Hugging Face's XLA `generate`, in one process.
+
+Reports ms per generated token for each case, the ratio HF / tfgen (above 1 means tfgen is
+faster), the compile count and time for several prompt lengths, and the memory roofline: the
+fp32 weight bytes divided by the bandwidth a large matrix-vector product reaches here (a
+batch-1 decoding step has to read every weight once, so it cannot be faster than that).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+PROMPT = "The theory of relativity is"
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    batch: int
+    params: Dict
+
+
+CASES = [
+    Case("greedy b1", 1, dict()),
+    Case("sample top-k 50 + top-p 0.95 b1", 1, dict(do_sample=True, top_k=50, top_p=0.95)),
+    Case("greedy b8", 8, dict()),
+    Case("beam 4 b1", 1, dict(num_beams=4)),
+]
+
+
+def matvec_bandwidth(megabytes: int = 256, repeats: int = 20) -> float:
+    """Bytes per second a compiled fp32 matrix-vector product streams from memory."""
+    rows = int(megabytes * 2**20 / 4 / 4096)
+    matrix = tf.Variable(tf.random.normal([rows, 4096]))
+    vector = tf.random.normal([4096, 1])
+    matvec = tf.function(lambda v: tf.matmul(matrix, v), jit_compile=True)
+    matvec(vector).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matvec(vector).numpy()
+        best = min(best, time.perf_counter() - start)
+    return rows * 4096 * 4 / best
+
+
+def _best_of(fn: Callable[[], int], repeats: int):
+    """Run fn (returns tokens generated) `repeats` times; the fastest ms per token."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = fn()
+        best = min(best, (time.perf_counter() - start) * 1000 / max(tokens, 1))
+    return best
+
+
+def run(generator, new_tokens: int = 64, repeats: int = 3, prompt_lengths: int = 10,
+        cases: Optional[List[Case]] = None, with_hf: bool = True, log=print) -> dict:
+    """Benchmark `generator` (a TextGenerator); returns the figures and logs a table."""
+    cases = CASES if cases is None else cases
+    model = generator.model
+    ids = np.asarray([generator.tokenize(PROMPT)], np.int32)
+    results = {"cases": [], "new_tokens": new_tokens}
+    bandwidth = matvec_bandwidth()
+    weight_bytes = generator.num_parameters * 4
+    roofline_ms = weight_bytes / bandwidth * 1000
+    results.update(bandwidth_gbs=bandwidth / 1e9, weight_mb=weight_bytes / 1e6, roofline_ms=roofline_ms)
+    log(f"model {generator.name}: {generator.num_parameters:,} parameters, {weight_bytes / 1e6:.0f} MB fp32")
+    log(f"matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s -> roofline {roofline_ms:.1f} ms/token at batch 1")
+    hf_generate = tf.function(model.generate, jit_compile=True) if with_hf else None
+    log(f"{'case':34s} {'tfgen ms/tok':>12s} {'HF ms/tok':>10s} {'HF/tfgen':>9s}")
+    for case in cases:
+        batch_ids = np.repeat(ids, case.batch, axis=0)
+        mask = np.ones_like(batch_ids)
+        params = dict(case.params, max_new_tokens=new_tokens)
+        if params.get("do_sample"):
+            params["seed"] = 0
+
+        def ours():
+            result = generator.generate_ids(batch_ids, mask, **params)
+            return int(result.num_generated.max())
+
+        ours()  # compile
+        ours_ms = _best_of(ours, repeats)
+        row = {"case": case.name, "tfgen_ms": ours_ms}
+        if hf_generate is not None:
+            hf_params = dict(case.params, max_new_tokens=new_tokens, pad_token_id=generator.lm.pad_token_id)
+            if hf_params.get("do_sample"):
+                hf_params["seed"] = [0, 0]
+
+            def hf():
+                out = hf_generate(tf.constant(batch_ids), attention_mask=tf.constant(mask), **hf_params)
+                return int(out.shape[1] - batch_ids.shape[1])
+
+            hf()
+            row["hf_ms"] = _best_of(hf, repeats)
+            row["ratio"] = row["hf_ms"] / ours_ms
+        if case.batch == 1 and not case.params:
+            row["vs_roofline"] = ours_ms / roofline_ms
+        results["cases"].append(row)
+        hf_text = f"{row['hf_ms']:10.1f} {row['ratio']:8.2f}x" if "hf_ms" in row else ""
+        log(f"{case.name:34s} {ours_ms:12.1f} {hf_text}")
+    greedy = next((r for r in results["cases"] if r["case"] == "greedy b1"), None)
+    sample = next((r for r in results["cases"] if r["case"].startswith("sample")), None)
+    if greedy:
+        log(f"greedy b1 vs roofline: {greedy['tfgen_ms'] / roofline_ms:.2f}x")
+    if greedy and sample:
+        log(f"sampling / greedy (tfgen): {sample['tfgen_ms'] / greedy['tfgen_ms']:.2f}x")
+    if prompt_lengths:
+        results["compile"] = compile_costs(generator, hf_generate, prompt_lengths, log)
+    return results
+
+
+def compile_costs(generator, hf_generate, count: int, log=print) -> dict:
+    """Time greedy generation of 8 tokens for `count` new prompt lengths, from cold, on both sides."""
+    from tfgen.generator import TextGenerator
+
+    fresh = TextGenerator(generator.model, generator.tokenizer, xla=generator.engine.xla)
+    lengths = [3 + 4 * i for i in range(count)]
+    out = {"prompt_lengths": lengths}
+    start = time.perf_counter()
+    for length in lengths:
+        fresh.generate_ids(np.full([1, length], 318, np.int32), max_new_tokens=8)
+    out["tfgen_s"] = time.perf_counter() - start
+    out["tfgen_traces"] = fresh.engine.trace_count
+    log(f"{count} prompt lengths {lengths[0]}..{lengths[-1]}: tfgen {out['tfgen_s']:.1f} s, "
+        f"{out['tfgen_traces']} compilations")
+    if hf_generate is not None:
+        hf_cold = tf.function(generator.model.generate, jit_compile=True)
+        start = time.perf_counter()
+        for length in lengths:
+            hf_cold(tf.fill([1, length], 318), max_new_tokens=8, pad_token_id=generator.lm.pad_token_id)
+        out["hf_s"] = time.perf_counter() - start
+        out["hf_traces"] = hf_cold.experimental_get_tracing_count()
+        log(f"{count} prompt lengths: HF {out['hf_s']:.1f} s, {out['hf_traces']} compilations")
+    return out

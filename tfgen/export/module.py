@@ -1,0 +1,244 @@
+"""The SavedModel: string in, string out, around the same decoding programs the Python API runs.
+
+Every signature is batch-major so TF Serving's batcher can merge requests. Inside the graph the
+prompts are tokenized, left-truncated to `max_prompt_tokens`, left-padded to a prompt bucket and
+the batch padded to a batch bucket; the decoding program (`tfgen.decoding.sampling.decode` or
+`beam.decode`, jit-compiled unless the export says otherwise) therefore sees a bounded set of
+shapes, each compiled once per server (and ahead of traffic by the warmup requests).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tfgen.decoding import beam, sampling
+from tfgen.export.graph_tokenizer import GraphTokenizer
+from tfgen.model import xla_writes
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+def _bucket(value, buckets):
+    """Smallest bucket >= value; past the last bucket, round up to a multiple of it (graph op)."""
+    buckets = tf.constant(list(buckets), tf.int32)
+    index = tf.searchsorted(buckets, tf.reshape(value, [1]), side="left")[0]
+    last = buckets[-1]
+    over = (value + last - 1) // last * last
+    return tf.where(index < tf.size(buckets), tf.gather(buckets, tf.minimum(index, tf.size(buckets) - 1)), over)
+
+
+def _left_pad(ragged, length, batch, pad_id, filler_id):
+    """Ragged int32 [n, None] -> (ids, mask) [batch, length], rows right-aligned; rows >= n hold
+    one filler token."""
+    n = ragged.nrows(out_type=tf.int32)
+    lengths = tf.cast(ragged.row_lengths(), tf.int32)
+    lengths = tf.concat([lengths, tf.ones([batch - n], tf.int32)], 0)
+    flat = tf.concat([ragged.flat_values, tf.fill([batch - n], filler_id)], 0)
+    starts = tf.concat([[0], tf.cumsum(lengths)[:-1]], 0)
+    column = tf.range(length)[None, :]
+    offset = column - (length - lengths[:, None])  # index inside the row; < 0 is padding
+    mask = offset >= 0
+    ids = tf.where(mask, tf.gather(flat, tf.maximum(starts[:, None] + offset, 0)), pad_id)
+    return ids, tf.cast(mask, tf.int32)
+
+
+class GenerationModule(tf.Module):
+    """Holds the model's variables, the in-graph tokenizer and the serving functions."""
+
+    def __init__(self, generator, *, max_prompt_tokens: int, max_new_tokens: int,
+                 num_beams: int = 4, num_return_sequences: int = 1,
+                 batch_buckets: Sequence[int] = (1, 8), prompt_buckets: Sequence[int] = (32, 128),
+                 xla: bool = True):
+        super().__init__(name="tfgen")
+        self.model = generator.model  # tracks the weights
+        self.lm = generator.lm
+        self.tokenizer = GraphTokenizer(generator.tokenizer)
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.max_new_tokens = int(max_new_tokens)
+        self.num_beams = int(num_beams)
+        self.num_return_sequences = int(num_return_sequences)
+        self.batch_buckets = tuple(int(b) for b in batch_buckets)
+        self.prompt_buckets = tuple(int(b) for b in prompt_buckets)
+        self.xla = xla
+        self._decode = tf.function(self._decode_program, jit_compile=xla)
+        self._beam = tf.function(self._beam_program, jit_compile=xla)
+
+    # -- compiled cores (the engine's own loops) ------------------------------------------------
+    def _decode_program(self, ids, mask, params):
+        with xla_writes(self.xla):
+            return sampling.decode(self.lm, ids, mask, params, self.max_new_tokens)
+
+    def _beam_program(self, ids, mask, params):
+        with xla_writes(self.xla):
+            return beam.decode(self.lm, ids, mask, params, self.max_new_tokens, self.num_beams,
+                               self.num_return_sequences)
+
+    # -- graph helpers --------------------------------------------------------------------------
+    def _tokenize(self, prompt):
+        """Prompts [B] -> ragged ids, empty prompts as [BOS], left-truncated to max_prompt_tokens."""
+        ragged = self.tokenizer.encode(prompt)
+        empty = tf.cast(tf.equal(ragged.row_lengths(), 0), tf.int64)
+        bos = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.cast(tf.reduce_sum(empty), tf.int32)], self.lm.bos_token_id), empty)
+        ragged = tf.concat([bos, ragged], axis=1)
+        return ragged[:, -self.max_prompt_tokens:]
+
+    def _pad(self, ragged, batch):
+        """Pad to the batch and prompt buckets; returns (ids, mask, padded batch, first slot)."""
+        longest = tf.cast(tf.reduce_max(ragged.row_lengths()), tf.int32)
+        length = _bucket(longest, self.prompt_buckets)
+        padded_batch = _bucket(batch, self.batch_buckets)
+        ids, mask = _left_pad(ragged, length, padded_batch, self.lm.pad_token_id, self.lm.bos_token_id)
+        return ids, mask, padded_batch, length - longest
+
+    def _params(self, batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature, top_k,
+                top_p, repetition_penalty, seed):
+        def rows(values, filler):
+            return tf.concat([values, tf.fill([padded_batch - batch], tf.cast(filler, values.dtype))], 0)
+
+        return dict(
+            do_sample=rows(do_sample, False),
+            temperature=rows(temperature, 1.0),
+            top_k=rows(top_k, 0),
+            top_p=rows(top_p, 1.0),
+            repetition_penalty=rows(repetition_penalty, 1.0),
+            max_new_tokens=rows(max_new_tokens, 1),
+            seed=rows(seed, 0),
+            min_new_tokens=tf.constant(0),
+            no_repeat_ngram_size=tf.constant(0),
+            eos_token_id=tf.constant(self.lm.eos_token_id),
+            pad_token_id=tf.constant(self.lm.pad_token_id),
+            first_slot=first_slot,
+        )
+
+    def _completion_text(self, new_tokens, num_generated):
+        """Detokenize the new tokens [N, T] up to num_generated, without the EOS token."""
+        keep = (tf.range(tf.shape(new_tokens)[1])[None, :] < num_generated[:, None]) & \
+            tf.not_equal(new_tokens, self.lm.eos_token_id)
+        return self.tokenizer.decode(tf.ragged.boolean_mask(new_tokens, keep))
+
+    def _check(self, batch, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
+        limit = self.max_new_tokens
+        checks = [
+            tf.debugging.assert_equal(tf.size(max_new_tokens), batch,
+                                      message="every per-row input needs one value per prompt"),
+            tf.debugging.assert_equal(tf.size(temperature), batch, message="temperature: one value per prompt"),
+            tf.debugging.assert_equal(tf.size(top_k), batch, message="top_k: one value per prompt"),
+            tf.debugging.assert_equal(tf.size(top_p), batch, message="top_p: one value per prompt"),
+            tf.debugging.assert_equal(tf.size(do_sample), batch, message="do_sample: one value per prompt"),
+            tf.debugging.assert_equal(tf.size(repetition_penalty), batch,
+                                      message="repetition_penalty: one value per prompt"),
+            tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be >= 1"),
+            tf.debugging.assert_less_equal(max_new_tokens, limit,
+                                           message=f"max_new_tokens must be <= {limit} (the export's limit)"),
+            tf.debugging.Assert(tf.reduce_all(~do_sample | (temperature > 0.0)),
+                                ["temperature must be > 0 when do_sample is true"]),
+            tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0"),
+            tf.debugging.Assert(tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), ["top_p must be in (0, 1]"]),
+            tf.debugging.assert_greater(repetition_penalty, 0.0, message="repetition_penalty must be > 0"),
+        ]
+        return checks
+
+    # -- signatures -----------------------------------------------------------------------------
+    def generate_text(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                      repetition_penalty, seed):
+        """The `generate` signature: per-row parameters, text out."""
+        batch = tf.size(prompt)
+        with tf.control_dependencies(self._check(batch, max_new_tokens, do_sample, temperature, top_k,
+                                                 top_p, repetition_penalty)):
+            ragged = self._tokenize(prompt)
+        ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
+        params = self._params(batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature,
+                              top_k, top_p, repetition_penalty, seed)
+        out = self._decode(ids, mask, params)
+        new_tokens, num_generated = out["new_tokens"][:batch], out["num_generated"][:batch]
+        completion = self._completion_text(new_tokens, num_generated)
+        return {
+            "text": tf.strings.join([prompt, completion]),
+            "completion": completion,
+            "num_tokens": num_generated,
+        }
+
+    def greedy_text(self, prompt):
+        """The `serving_default` signature: greedy, the export's max_new_tokens."""
+        batch = tf.size(prompt)
+        return self.generate_text(
+            prompt,
+            max_new_tokens=tf.fill([batch], self.max_new_tokens),
+            do_sample=tf.zeros([batch], tf.bool),
+            temperature=tf.ones([batch]),
+            top_k=tf.zeros([batch], tf.int32),
+            top_p=tf.ones([batch]),
+            repetition_penalty=tf.ones([batch]),
+            seed=tf.zeros([batch], tf.int64),
+        )
+
+    def beam_text(self, prompt):
+        """The `beam` signature: the num_return_sequences best beams [B, R] and their scores."""
+        batch = tf.size(prompt)
+        ids, mask, padded_batch, first_slot = self._pad(self._tokenize(prompt), batch)
+        rows = padded_batch * self.num_beams
+        params = dict(
+            repetition_penalty=tf.ones([rows]),
+            max_new_tokens=tf.constant(self.max_new_tokens),
+            length_penalty=tf.constant(1.0),
+            early_stopping_true=tf.constant(False),
+            early_stopping_never=tf.constant(False),
+            min_new_tokens=tf.constant(0),
+            no_repeat_ngram_size=tf.constant(0),
+            eos_token_id=tf.constant(self.lm.eos_token_id),
+            pad_token_id=tf.constant(self.lm.pad_token_id),
+            first_slot=first_slot,
+        )
+        out = self._beam(ids, mask, params)
+        count = batch * self.num_return_sequences
+        completion = self._completion_text(out["new_tokens"][:count], out["num_generated"][:count])
+        shape = [batch, self.num_return_sequences]
+        repeated_prompt = tf.repeat(prompt, self.num_return_sequences)
+        return {
+            "text": tf.reshape(tf.strings.join([repeated_prompt, completion]), shape),
+            "completion": tf.reshape(completion, shape),
+            "scores": tf.reshape(out["scores"][:count], shape),
+            "num_tokens": tf.reshape(out["num_generated"][:count], shape),
+        }
+
+    def generate_ids(self, input_ids, attention_mask):
+        """The `generate_ids` signature: greedy on token ids the client made itself."""
+        batch = tf.shape(input_ids)[0]
+        ragged = tf.ragged.boolean_mask(input_ids, attention_mask > 0)[:, -self.max_prompt_tokens:]
+        ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
+        ones = tf.ones([batch])
+        params = self._params(batch, padded_batch, first_slot, tf.fill([batch], self.max_new_tokens),
+                              tf.zeros([batch], tf.bool), ones, tf.zeros([batch], tf.int32), ones, ones,
+                              tf.zeros([batch], tf.int64))
+        out = self._decode(ids, mask, params)
+        new_tokens = out["new_tokens"][:batch]
+        return {
+            "sequences": tf.concat([input_ids, new_tokens], axis=1),
+            "scores": out["log_probs"][:batch],
+            "num_tokens": out["num_generated"][:batch],
+        }
+
+    def signatures(self, strategies: Sequence[str]) -> dict:
+        """Concrete functions for `tf.saved_model.save(signatures=...)`."""
+        text = tf.TensorSpec([None], tf.string, name="prompt")
+        sigs = {"serving_default": tf.function(self.greedy_text).get_concrete_function(text)}
+        sigs["generate_ids"] = tf.function(self.generate_ids).get_concrete_function(
+            tf.TensorSpec([None, None], tf.int32, name="input_ids"),
+            tf.TensorSpec([None, None], tf.int32, name="attention_mask"),
+        )
+        if "sample" in strategies:
+            sigs["generate"] = tf.function(self.generate_text).get_concrete_function(
+                text,
+                tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+                tf.TensorSpec([None], tf.bool, name="do_sample"),
+                tf.TensorSpec([None], tf.float32, name="temperature"),
+                tf.TensorSpec([None], tf.int32, name="top_k"),
+                tf.TensorSpec([None], tf.float32, name="top_p"),
+                tf.TensorSpec([None], tf.float32, name="repetition_penalty"),
+                tf.TensorSpec([None], tf.int64, name="seed"),
+            )
+        if "beam" in strategies:
+            sigs["beam"] = tf.function(self.beam_text).get_concrete_function(text)
+        return sigs
