@@ -3,6 +3,7 @@
 Imported first by ``tfgen/__init__.py``: the variable must be set before TensorFlow resolves
 ``tf.keras``.
 """
+import contextlib
 import os
 import sys
 
@@ -16,14 +17,64 @@ _HOW_TO_FIX = (
 
 def ensure_legacy_keras() -> None:
     """Set TF_USE_LEGACY_KERAS=1, or raise ImportError if TF already chose Keras 3."""
-    # TensorFlow's C++ start-up chatter buries our own messages; users can still override this.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     was_set = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    if was_set or "tensorflow" not in sys.modules:
+    if "tensorflow" not in sys.modules:
+        _import_tensorflow_quietly()
+        return
+    if was_set:
         return
     # TensorFlow is imported; tf.keras is resolved lazily on first use, so it may still pick Keras 2.
     import tensorflow as tf
 
     if not tf.keras.layers.Layer.__module__.startswith("tf_keras"):
         raise ImportError(_HOW_TO_FIX)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices without its native start-up chatter on stderr.
+
+    TensorFlow's C++ libraries log (oneDNN notice, CUDA probing) before TF_CPP_MIN_LOG_LEVEL is
+    read, straight to file descriptor 2, burying our own messages. A user who sets
+    TF_CPP_MIN_LOG_LEVEL themselves sees everything.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # probes CUDA now, while its messages are silenced
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while keeping Python's `sys.stderr` working.
+
+    Python-level writes (warnings, our messages) still reach the real stderr through a duplicate
+    of the original descriptor; only what native code writes to fd 2 is dropped.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    replaced = python_stderr is sys.__stderr__
+    if replaced:
+        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
+                          errors=python_stderr.errors)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        if replaced:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

@@ -17,7 +17,11 @@ RANDOM_PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
 }
 
-_WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "pytorch_model.bin")
+# In the order transformers' TF `from_pretrained` prefers them, so errors name the file it read.
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "tf_model.h5", "tf_model.h5.index.json",
+    "pytorch_model.bin",
+)
 
 
 def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_files_only: bool = False):
@@ -30,12 +34,13 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
             gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in default.
         seed: the initialisation seed of random models.
         xla: compile decoding with XLA (default True).
-        local_files_only: never try the network for hub ids.
+        local_files_only: never try the network for hub ids (also on when the environment
+            sets HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1).
 
     Raises:
         TypeError: spec is not a string.
-        ValueError: unknown preset, missing or corrupt files, unsupported architecture, hub id
-            not reachable.
+        ValueError: empty spec, unknown preset, missing or corrupt files, weights that do not
+            match config.json, unsupported architecture, hub id not reachable.
 
     Example:
         >>> import tfgen
@@ -47,8 +52,10 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
 
     if spec is None:
         spec = DEFAULT_SPEC
-    if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"model spec must be a non-empty string, got {spec!r}")
+    if not isinstance(spec, str):
+        raise TypeError(f"model spec must be a string (a directory, hub id or random:NAME), got {spec!r}")
+    if not spec.strip():
+        raise ValueError("model spec must not be empty: give a directory, a hub id or random:NAME")
     if spec.startswith("random:"):
         model, tokenizer = _random_model(spec[len("random:"):], seed)
     elif os.path.isdir(spec):
@@ -56,7 +63,7 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
     elif os.path.exists(spec):
         raise ValueError(f"model spec {spec!r} is a file; give the directory that holds config.json")
     else:
-        model, tokenizer = _from_hub(spec, local_files_only)
+        model, tokenizer = _from_hub(spec, local_files_only or _offline_from_environment())
     generator = TextGenerator(model, tokenizer, xla=xla)
     generator.name = spec
     generator.random_weights = spec.startswith("random:")
@@ -71,7 +78,8 @@ def _random_model(name: str, seed: int):
 
     if name not in RANDOM_PRESETS:
         raise ValueError(
-            f"unknown random model {name!r}; choose one of: {', '.join('random:' + n for n in RANDOM_PRESETS)}"
+            f"unknown random model {name!r}; choose one of: "
+            f"{', '.join('random:' + n for n in RANDOM_PRESETS)}"
         )
     tf.keras.utils.set_random_seed(seed)
     config = GPT2Config(**RANDOM_PRESETS[name])
@@ -101,10 +109,25 @@ def _from_directory(path: str):
     weight_file = os.path.join(path, weights[0])
     kwargs = {"from_pt": True} if weights[0] == "pytorch_model.bin" else {}
     try:
-        model = TFGPT2LMHeadModel.from_pretrained(path, local_files_only=True, **kwargs)
+        model, info = TFGPT2LMHeadModel.from_pretrained(
+            path, local_files_only=True, output_loading_info=True, **kwargs)
     except Exception as error:  # transformers raises many types for a damaged file
-        raise ValueError(f"cannot load weights from {weight_file}: {_first_line(error)}") from None
+        raise ValueError(
+            f"cannot load weights from {weight_file} (damaged, truncated or not a weights file?): "
+            f"{_first_line(error)}"
+        ) from None
+    _check_all_loaded(info, weight_file)
     return model, _tokenizer_for(path)
+
+
+def _check_all_loaded(info: dict, source: str) -> None:
+    # transformers only warns when the file lacks some weights and leaves them random.
+    missing = info.get("missing_keys") or []
+    if missing:
+        raise ValueError(
+            f"{source} does not match its config.json: {len(missing)} weights are missing "
+            f"(e.g. {sorted(missing)[0]}); check n_layer/n_embd/n_head in config.json"
+        )
 
 
 def _tokenizer_for(path: str):
@@ -125,16 +148,26 @@ def _from_hub(model_id: str, local_files_only: bool):
     from transformers import GPT2TokenizerFast, TFGPT2LMHeadModel
 
     try:
-        model = TFGPT2LMHeadModel.from_pretrained(model_id, local_files_only=local_files_only)
+        model, info = TFGPT2LMHeadModel.from_pretrained(
+            model_id, local_files_only=local_files_only, output_loading_info=True)
         tokenizer = GPT2TokenizerFast.from_pretrained(model_id, local_files_only=local_files_only)
     except Exception as error:
         raise ValueError(
             f"cannot load {model_id!r}: it is not a local directory, and the Hugging Face hub and its "
-            f"local cache did not provide it ({_first_line(error)}). Without network access, download it "
-            "elsewhere with `TFGPT2LMHeadModel.from_pretrained(id).save_pretrained(DIR)` (and the "
-            "tokenizer's save_pretrained) and pass DIR, or use random:gpt2 for an untrained model."
+            f"local cache did not provide it ({_first_line(error)}). Without network access, save it on "
+            "a machine that has access, with `TFGPT2LMHeadModel.from_pretrained(ID).save_pretrained(DIR)` "
+            "and `GPT2TokenizerFast.from_pretrained(ID).save_pretrained(DIR)`, copy DIR here and pass "
+            "the local directory as the spec (tfgen.load(DIR), or --model DIR in the CLI); or use "
+            "random:gpt2 for an untrained model."
         ) from None
+    _check_all_loaded(info, f"the hub checkpoint {model_id!r}")
     return model, tokenizer
+
+
+def _offline_from_environment() -> bool:
+    # huggingface_hub reads these once, at import; read them again so a later setting counts too.
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _first_line(error: Exception) -> str:
