@@ -10,6 +10,7 @@ from tfgen import inspect as _inspect
 from tfgen.config import GenerationConfig
 from tfgen.decoding.engine import Engine
 from tfgen.model import adapter_for
+from tfgen.tokenizer import token_texts
 
 
 @dataclasses.dataclass
@@ -63,8 +64,12 @@ class TextGenerator:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def tokens(self, text: str) -> List[str]:
-        """The tokens of `text` as strings, one per id (byte-level BPE symbols decoded to text)."""
-        return [self.decode([i]) for i in self.tokenize(text)]
+        """The tokens of `text` as strings, one per id.
+
+        Each is the token's own text; a token holding part of a multi-byte character shows its
+        bytes as escapes ("\\xe6\\x97"), see `tfgen.tokenizer.token_texts`.
+        """
+        return token_texts(self.tokenizer, self.tokenize(text))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a sequence of token ids."""

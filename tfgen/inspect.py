@@ -10,6 +10,7 @@ from typing import List, Tuple, Union
 import numpy as np
 
 from tfgen.model import full_forward
+from tfgen.tokenizer import token_texts
 
 
 def _check_text(name: str, text) -> str:
@@ -41,7 +42,8 @@ def next_tokens(generator, text: str, k: int = 10) -> List[Tuple[str, int, float
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")[:k]
-    return [(generator.decode([int(i)]), int(i), float(probs[i])) for i in order]
+    texts = token_texts(generator.tokenizer, [int(i) for i in order])
+    return [(text, int(i), float(probs[i])) for text, i in zip(texts, order)]
 
 
 def hidden_states(generator, text: str, layer: Union[int, str, None] = -1) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 
 def gpt2_vocab_files() -> Tuple[str, str]:
@@ -34,3 +34,27 @@ def _default_gpt2_tokenizer():
 def default_gpt2_tokenizer():
     """The GPT-2 tokenizer (a `transformers.GPT2TokenizerFast`), built from the packaged files."""
     return _default_gpt2_tokenizer()
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict:
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    return {symbol: byte for byte, symbol in bytes_to_unicode().items()}
+
+
+def token_texts(tokenizer, ids: Sequence[int]) -> List[str]:
+    """The text of each token on its own.
+
+    Byte-level BPE splits some characters across tokens (most CJK characters and emoji): such a
+    token's bytes are not UTF-8 by themselves and are shown as escapes (``\\xe6\\x97``) instead of
+    U+FFFD replacement characters, so every token stays distinguishable.
+    """
+    decoder = _byte_decoder()
+    texts = []
+    for token_id, symbol in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
+        if symbol is None or any(char not in decoder for char in symbol):  # not a byte-level symbol
+            texts.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False))
+        else:
+            texts.append(bytes(decoder[char] for char in symbol).decode("utf-8", errors="backslashreplace"))
+    return texts
