@@ -15,6 +15,7 @@ ensure_legacy_keras()
 from tfgen.config import GenerationConfig  # noqa: E402
 from tfgen.generator import GenerationResult, TextGenerator  # noqa: E402
 from tfgen.loading import load  # noqa: E402
+from tfgen.export import export_saved_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "TextGenerator", "GenerationConfig", "GenerationResult", "__version__"]
+__all__ = ["load", "TextGenerator", "GenerationConfig", "GenerationResult", "export_saved_model", "__version__"]

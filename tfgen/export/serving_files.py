@@ -1,0 +1,133 @@
+"""The files a TF Serving operator needs: warmup records, model config, batching config, command line."""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def warmup_prompt(tokens: int) -> str:
+    """A prompt of exactly `tokens` GPT-2 tokens (" the" is one token; the first "the" too)."""
+    return "the" + " the" * (tokens - 1)
+
+
+def warmup_requests(module) -> List[Dict]:
+    """One request per (signature, batch bucket, prompt bucket): name, inputs as numpy arrays."""
+    requests = []
+    signatures = module.exported_signatures
+    for batch in module.batch_buckets:
+        for length in module.prompt_buckets:
+            tokens = min(length, module.max_prompt_tokens)
+            prompts = np.array([warmup_prompt(tokens).encode()] * batch, dtype=object)
+            requests.append(dict(signature="serving_default", inputs={"prompt": prompts}))
+            requests.append(dict(signature="generate_ids", inputs={
+                "input_ids": np.full([batch, tokens], 262, np.int32),
+                "attention_mask": np.ones([batch, tokens], np.int32)}))
+            if "generate" in signatures:
+                requests.append(dict(signature="generate", inputs=dict(
+                    prompt=prompts,
+                    max_new_tokens=np.full([batch], 2, np.int32),
+                    do_sample=np.arange(batch) % 2 == 0,
+                    temperature=np.full([batch], 0.8, np.float32),
+                    top_k=np.full([batch], 40, np.int32),
+                    top_p=np.full([batch], 0.9, np.float32),
+                    repetition_penalty=np.ones([batch], np.float32),
+                    seed=np.arange(batch, dtype=np.int64),
+                )))
+            if "beam" in signatures:
+                requests.append(dict(signature="beam", inputs={"prompt": prompts}))
+    return requests
+
+
+def write_warmup(path: str, model_name: str, requests: Sequence[Dict]) -> str:
+    """Write PredictionLog records (TF Serving's warmup format) to assets.extra/."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    target = os.path.join(path, WARMUP_FILE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with tf.io.TFRecordWriter(target) as writer:
+        for request in requests:
+            proto = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=request["signature"]))
+            for key, value in request["inputs"].items():
+                proto.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=proto))
+            writer.write(log.SerializeToString())
+    return target
+
+
+def models_config(name: str, base_path: str) -> str:
+    return (
+        "model_config_list {\n"
+        "  config {\n"
+        f"    name: \"{name}\"\n"
+        f"    base_path: \"{base_path}\"\n"
+        "    model_platform: \"tensorflow\"\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def batching_parameters(batch_buckets: Sequence[int], timeout_micros: int = 5000) -> str:
+    """TF Serving's BatchingParameters text proto; allowed sizes are the export's batch buckets."""
+    sizes = sorted(set(int(b) for b in batch_buckets))
+    lines = [
+        f"max_batch_size {{ value: {sizes[-1]} }}",
+        f"batch_timeout_micros {{ value: {timeout_micros} }}",
+        "max_enqueued_batches { value: 100 }",
+        "num_batch_threads { value: 2 }",
+        "pad_variable_length_inputs: true",
+    ]
+    lines += [f"allowed_batch_sizes: {size}" for size in sizes]
+    return "\n".join(lines) + "\n"
+
+
+def server_command(model_dir: str, gpu: bool = False) -> List[str]:
+    """The tensorflow_model_server command line for a model directory (holding the versions).
+
+    --xla_cpu_compilation_enabled=true: TF Serving disables XLA:CPU JIT by default, and a model
+    with jit-compiled functions then fails on its first request (flag defined in
+    tensorflow_serving/model_servers/main.cc). On GPU, XLA:GPU needs no flag.
+    """
+    command = [
+        "tensorflow_model_server",
+        "--port=8500",
+        "--rest_api_port=8501",
+        f"--model_config_file={os.path.join(model_dir, 'models.config')}",
+        "--enable_batching=true",
+        f"--batching_parameters_file={os.path.join(model_dir, 'batching_parameters.txt')}",
+        "--enable_model_warmup=true",
+    ]
+    if not gpu:
+        command.append("--xla_cpu_compilation_enabled=true")
+    return command
+
+
+def write_operator_files(model_dir: str, name: str, batch_buckets: Sequence[int]) -> List[str]:
+    """models.config, batching_parameters.txt and serve.sh beside the version directories."""
+    absolute = os.path.abspath(model_dir)
+    files = {
+        "models.config": models_config(name, absolute),
+        "batching_parameters.txt": batching_parameters(batch_buckets),
+        "serve.sh": (
+            "#!/bin/sh\n"
+            "# Serve this model with TensorFlow Serving (CPU). On a GPU build drop\n"
+            "# --xla_cpu_compilation_enabled=true; in Docker mount this directory and point the\n"
+            "# paths at the mount (for example /models/" + name + ").\n"
+            "exec " + " \\\n  ".join(shlex.quote(part) for part in server_command(absolute)) + "\n"
+        ),
+    }
+    written = []
+    for filename, text in files.items():
+        target = os.path.join(model_dir, filename)
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        written.append(target)
+    os.chmod(os.path.join(model_dir, "serve.sh"), 0o755)
+    return written
