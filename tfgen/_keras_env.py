@@ -35,13 +35,13 @@ def _import_tensorflow_quietly() -> None:
     """Import TensorFlow and find its devices without its native start-up chatter on stderr.
 
     TensorFlow's C++ libraries log (oneDNN notice, CUDA probing) before TF_CPP_MIN_LOG_LEVEL is
-    read, straight to file descriptor 2, burying our own messages. A user who sets
-    TF_CPP_MIN_LOG_LEVEL themselves sees everything.
+    read, straight to file descriptor 2, burying our own messages. TF_CPP_MIN_LOG_LEVEL=0 in the
+    environment shows everything.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() == "0":
         import tensorflow  # noqa: F401
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with native_stderr_silenced():
         import tensorflow as tf
 

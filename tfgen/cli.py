@@ -155,13 +155,16 @@ def _generate(args: argparse.Namespace) -> int:
         params["early_stopping"] = _early_stopping(params["early_stopping"])
     GenerationConfig(**params).validate()  # before the model loads, so mistakes show at once
     generator = _load(args, xla=not args.no_xla)
-    _warn_if_random(generator, "the generated text is gibberish")
+    # The notice comes once the input passed every check, so an error stays the only line.
     if args.stream:
         for index, prompt in enumerate(prompts):
+            pieces = generator.stream(prompt, **params)  # validates before the first token
             if index:
                 print(_SEPARATOR)
+            else:
+                _warn_if_random(generator, "the generated text is gibberish")
             print(prompt, end="", flush=True)
-            for piece in generator.stream(prompt, **params):
+            for piece in pieces:
                 print(piece, end="", flush=True)
             print(flush=True)
         return 0
@@ -170,6 +173,8 @@ def _generate(args: argparse.Namespace) -> int:
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first:first + args.batch_size]
         completions = generator.generate(batch, return_full_text=False, **params)
+        if not first:
+            _warn_if_random(generator, "the generated text is gibberish")
         for index, completion in enumerate(completions):
             prompt = batch[index // copies]
             if args.json:
@@ -206,8 +211,8 @@ def _inspect_tokens(args: argparse.Namespace) -> int:
 
 def _inspect_next(args: argparse.Namespace) -> int:
     generator = _load(args)
-    _warn_if_random(generator, "these probabilities are meaningless")
     ranked = generator.next_tokens(args.text, k=args.k)
+    _warn_if_random(generator, "these probabilities are meaningless")
     if args.json:
         _print_json({"text": args.text, "next": [
             {"token": token, "id": token_id, "probability": probability}
@@ -241,8 +246,8 @@ def _inspect_hidden(args: argparse.Namespace) -> int:
 
 def _inspect_similarity(args: argparse.Namespace) -> int:
     generator = _load(args)
-    _warn_if_random(generator, "the similarity is meaningless")
     value = generator.similarity(args.word_a, args.word_b)
+    _warn_if_random(generator, "the similarity is meaningless")
     if args.json:
         _print_json({"a": args.word_a, "b": args.word_b, "similarity": value})
     else:
