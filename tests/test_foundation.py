@@ -223,6 +223,8 @@ def test_directory_problems(tmp_path):
         tfgen.load(str(tmp_path))
     with pytest.raises(ValueError, match="directory"):
         tfgen.load(str(tmp_path / "config.json"))
+    with pytest.raises(ValueError, match="does not exist"):  # at once, without asking the hub
+        tfgen.load(str(tmp_path / "no" / "such" / "model"))
 
 
 def test_bad_specs():

@@ -58,10 +58,12 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
         raise ValueError("model spec must not be empty: give a directory, a hub id or random:NAME")
     if spec.startswith("random:"):
         model, tokenizer = _random_model(spec[len("random:"):], seed)
-    elif os.path.isdir(spec):
-        model, tokenizer = _from_directory(spec)
-    elif os.path.exists(spec):
+    elif os.path.isdir(os.path.expanduser(spec)):
+        model, tokenizer = _from_directory(os.path.expanduser(spec))
+    elif os.path.exists(os.path.expanduser(spec)):
         raise ValueError(f"model spec {spec!r} is a file; give the directory that holds config.json")
+    elif _looks_like_a_path(spec):
+        raise ValueError(f"model directory {spec!r} does not exist")
     else:
         model, tokenizer = _from_hub(spec, local_files_only or _offline_from_environment())
     generator = TextGenerator(model, tokenizer, xla=xla)
@@ -162,6 +164,11 @@ def _from_hub(model_id: str, local_files_only: bool):
         ) from None
     _check_all_loaded(info, f"the hub checkpoint {model_id!r}")
     return model, tokenizer
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else cannot be one, so skip the network.
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
 def _offline_from_environment() -> bool:
