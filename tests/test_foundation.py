@@ -139,6 +139,11 @@ def test_hidden_states_bad_input(tiny):
             tiny.hidden_states("Hello", layer=bad)
     with pytest.raises(TypeError, match="text"):
         tiny.hidden_states(b"Hello")
+    too_long = " a" * (tiny.model.config.n_positions + 1)
+    with pytest.raises(ValueError, match="context"):
+        tiny.hidden_states(too_long)
+    with pytest.raises(ValueError, match="context"):
+        tiny.next_tokens(too_long)
 
 
 def test_embedding_and_similarity_from_the_weight_matrix(tiny):

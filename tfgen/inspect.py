@@ -21,6 +21,9 @@ def _check_text(name: str, text) -> str:
 
 def _ids_for(generator, text: str) -> List[int]:
     ids = generator.tokenize(text)
+    if len(ids) > generator.lm.max_positions:
+        raise ValueError(f"text has {len(ids)} tokens, more than the model's context of "
+                         f"{generator.lm.max_positions}; shorten it")
     return ids if ids else [generator.lm.bos_token_id]
 
 
