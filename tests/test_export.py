@@ -1,0 +1,271 @@
+"""SavedModel export: layout, fresh-process loading, signatures against the engine, serving request forms."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfgen
+from tfgen.export import ExportError, serving_files
+
+MAX_PROMPT = 16
+MAX_NEW = 8
+EXPORT_ARGS = dict(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2,
+                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved_models")
+    version_dir = tfgen.export_saved_model(tiny, str(root / "tiny"), **EXPORT_ARGS)
+    return version_dir
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+    """The export loaded as TF Serving loads it (session-based loader), in this process."""
+    from tfgen.export.serving_emulator import SessionModel
+
+    return SessionModel(exported)
+
+
+def _texts(values):
+    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in np.asarray(values).reshape(-1).tolist()]
+
+
+def test_layout_and_operator_files(exported):
+    model_dir = os.path.dirname(exported)
+    assert os.path.basename(exported) == "1"
+    assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exported, serving_files.WARMUP_FILE))
+    assert sorted(n for n in os.listdir(model_dir) if not n.isdigit()) == [
+        "batching_parameters.txt", "models.config", "serve.sh"]
+    batching = open(os.path.join(model_dir, "batching_parameters.txt")).read()
+    assert [int(line.split(":")[1]) for line in batching.splitlines() if line.startswith("allowed_batch_sizes")] \
+        == [1, 4]
+    assert "max_batch_size { value: 4 }" in batching
+    config = open(os.path.join(model_dir, "models.config")).read()
+    assert 'name: "tiny"' in config and os.path.abspath(model_dir) in config
+    serve = open(os.path.join(model_dir, "serve.sh")).read()
+    for flag in ("--xla_cpu_compilation_enabled=true", "--enable_batching=true", "--model_config_file=",
+                 "--batching_parameters_file=", "--rest_api_port=8501"):
+        assert flag in serve
+
+
+def test_warmup_records_cover_every_signature_and_bucket(exported):
+    from tfgen.export.serving_emulator import warmup_records
+
+    seen = {(r.model_spec.signature_name, r.inputs[next(iter(r.inputs))].tensor_shape.dim[0].size)
+            for r in warmup_records(exported)}
+    assert seen == {(s, b) for s in ("serving_default", "generate", "generate_ids", "beam") for b in (1, 4)}
+
+
+def test_only_core_and_tensorflow_text_ops(served):
+    from tfgen.export.serving_emulator import audit_ops
+
+    audit = audit_ops(served)
+    assert audit["ok"], audit
+    assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(audit["ops"])
+    assert set(audit["tensorflow_text_ops"]) <= {"RegexSplitWithOffsets"}
+
+
+def test_greedy_text_equals_engine(served, tiny):
+    prompts = ["The theory of relativity is", "Hello, my name is", "", "Grüße aus Köln — 東京 🙂"]
+    out = served.run("serving_default", {"prompt": np.array([p.encode() for p in prompts], dtype=object)})
+    expected = tiny.generate(prompts, max_new_tokens=MAX_NEW)
+    assert _texts(out["text"]) == expected
+    completions = tiny.generate(prompts, max_new_tokens=MAX_NEW, return_full_text=False)
+    assert _texts(out["completion"]) == completions
+    ids = [tiny.tokenize(p) or [50256] for p in prompts]
+    lengths = [tiny.generate_ids([i], max_new_tokens=MAX_NEW).num_generated[0] for i in ids]
+    assert out["num_tokens"].tolist() == lengths
+
+
+def test_long_prompts_are_left_truncated(served, tiny):
+    prompt = " ".join(["word"] * 40)
+    ids = tiny.tokenize(prompt)
+    assert len(ids) > MAX_PROMPT
+    out = served.run("serving_default", {"prompt": np.array([prompt.encode()], dtype=object)})
+    kept = tiny.generate_ids([ids[-MAX_PROMPT:]], max_new_tokens=MAX_NEW)
+    new = kept.sequences[0, MAX_PROMPT:MAX_PROMPT + kept.num_generated[0]]
+    assert _texts(out["completion"]) == [tiny.decode([t for t in new if t != 50256])]
+    assert _texts(out["text"]) == [prompt + tiny.decode([t for t in new if t != 50256])]
+
+
+def test_generate_signature_mixed_rows(served, tiny):
+    prompts = ["The theory of relativity is", "Once upon a time", "The theory of relativity is", "Hi"]
+    inputs = dict(
+        prompt=np.array([p.encode() for p in prompts], dtype=object),
+        max_new_tokens=np.array([8, 3, 8, 5], np.int32),
+        do_sample=np.array([False, True, True, True]),
+        temperature=np.array([1.0, 0.7, 1.3, 1.0], np.float32),
+        top_k=np.array([0, 20, 0, 5], np.int32),
+        top_p=np.array([1.0, 0.9, 1.0, 0.8], np.float32),
+        repetition_penalty=np.array([1.0, 1.0, 1.2, 1.0], np.float32),
+        seed=np.array([0, 11, 12, 13], np.int64),
+    )
+    out = served.run("generate", inputs)
+    for row, prompt in enumerate(prompts):
+        params = dict(max_new_tokens=int(inputs["max_new_tokens"][row]))
+        if inputs["do_sample"][row]:
+            params.update(do_sample=True, temperature=float(inputs["temperature"][row]),
+                          top_k=int(inputs["top_k"][row]), top_p=float(inputs["top_p"][row]),
+                          repetition_penalty=float(inputs["repetition_penalty"][row]),
+                          seed=int(inputs["seed"][row]))
+        alone = tiny.generate(prompt, **params)
+        assert _texts(out["text"])[row] == alone, (row, params)
+        assert out["num_tokens"][row] <= inputs["max_new_tokens"][row]
+
+
+def test_generate_signature_rejects_bad_parameters(served):
+    inputs = dict(
+        prompt=np.array([b"Hi"], dtype=object), max_new_tokens=np.array([4], np.int32),
+        do_sample=np.array([True]), temperature=np.array([0.0], np.float32), top_k=np.array([0], np.int32),
+        top_p=np.array([1.0], np.float32), repetition_penalty=np.array([1.0], np.float32),
+        seed=np.array([1], np.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
+        served.run("generate", inputs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens"):
+        served.run("generate", dict(inputs, temperature=np.array([1.0], np.float32),
+                                    max_new_tokens=np.array([MAX_NEW + 1], np.int32)))
+
+
+def test_beam_signature_matches_engine(served, tiny):
+    prompts = ["The theory of relativity is", "Hello"]
+    out = served.run("beam", {"prompt": np.array([p.encode() for p in prompts], dtype=object)})
+    assert out["text"].shape == (2, 2) and out["scores"].shape == (2, 2)
+    expected = tiny.generate(prompts, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2)
+    assert _texts(out["text"]) == expected
+    ids, mask = tiny._left_pad([tiny.tokenize(p) for p in prompts])
+    scores = tiny.generate_ids(ids, mask, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2).scores
+    np.testing.assert_allclose(out["scores"].reshape(-1), scores, rtol=1e-4)
+
+
+def test_generate_ids_signature(served, tiny):
+    ids, mask = tiny._left_pad([tiny.tokenize("The theory of relativity is"), tiny.tokenize("Hi there")])
+    out = served.run("generate_ids", {"input_ids": ids, "attention_mask": mask})
+    ref = tiny.generate_ids(ids, mask, max_new_tokens=MAX_NEW)
+    width = ref.sequences.shape[1]
+    np.testing.assert_array_equal(out["sequences"][:, :width], ref.sequences)
+    np.testing.assert_array_equal(out["num_tokens"], ref.num_generated)
+
+
+def test_fresh_process_tf_saved_model_load_and_saved_model_cli(exported, tiny):
+    code = (
+        "import sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "out = m.signatures['serving_default'](prompt=tf.constant(['The theory of relativity is']))\n"
+        "print(out['text'].numpy()[0].decode())\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code, exported], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == tiny.generate("The theory of relativity is",
+                                                                   max_new_tokens=MAX_NEW)
+    # saved_model_cli, with the tensorflow-text ops registered as TF Serving links them.
+    cli = ("import sys, tensorflow_text\nfrom tensorflow.python.tools import saved_model_cli\n"
+           "sys.argv = ['saved_model_cli'] + sys.argv[1:]\nsaved_model_cli.main()\n")
+    result = subprocess.run(
+        [sys.executable, "-c", cli, "run", "--dir", exported, "--tag_set", "serve", "--signature_def",
+         "serving_default", "--input_exprs", "prompt=[b'Hello']"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Hello" in result.stdout and "num_tokens" in result.stdout
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rest_and_grpc_clients_against_local_server(exported, tiny):
+    """The README's client examples, against the emulator listening on localhost."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfgen.export.serving_emulator import serve
+
+    rest_port, grpc_port = _free_port(), _free_port()
+    http_server, grpc_server = serve(exported, "tiny", rest_port=rest_port, grpc_port=grpc_port)
+    try:
+        def post(body):
+            request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v1/models/tiny:predict",
+                                             data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+
+        expected = tiny.generate("The theory of relativity is", max_new_tokens=MAX_NEW)
+        rows = post({"instances": ["The theory of relativity is"]})
+        assert rows["predictions"][0]["text"] == expected
+        columns = post({"signature_name": "serving_default", "inputs": {"prompt": ["The theory of relativity is"]}})
+        assert columns["outputs"]["text"] == [expected]
+        sampled = post({"signature_name": "generate", "instances": [
+            {"prompt": "The theory of relativity is", "max_new_tokens": 5, "do_sample": True,
+             "temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.0, "seed": 7}]})
+        assert sampled["predictions"][0]["text"] == tiny.generate(
+            "The theory of relativity is", max_new_tokens=5, do_sample=True, temperature=0.8, top_k=40,
+            top_p=0.95, seed=7)
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "tiny"
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["prompt"].CopyFrom(tf.make_tensor_proto(["The theory of relativity is"]))
+        response = stub.Predict(request, timeout=120)
+        assert tf.make_ndarray(response.outputs["text"])[0].decode() == expected
+        channel.close()
+    finally:
+        http_server.shutdown()
+        grpc_server.stop(0)
+
+
+def test_existing_version_is_not_overwritten(exported, tiny):
+    model_dir = os.path.dirname(exported)
+    with pytest.raises(ValueError, match="already exists"):
+        tfgen.export_saved_model(tiny, model_dir, version=1, **EXPORT_ARGS)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_prompt_tokens=1000, max_new_tokens=100), "context"),
+    (dict(strategies="greedy,nucleus"), "strategies"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+])
+def test_bad_export_arguments(tiny, tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfgen.export_saved_model(tiny, str(tmp_path / "m"), progress=False, **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_interrupted_export_leaves_nothing(tiny, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from tfgen.export.module import GenerationModule
+
+    monkeypatch.setattr(GenerationModule, "signatures", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tfgen.export_saved_model(tiny, str(tmp_path / "m"), strategies="greedy", max_prompt_tokens=8,
+                                 max_new_tokens=4, batch_buckets=(1,), progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_failed_validation_leaves_nothing(tiny, tmp_path, monkeypatch):
+    import tfgen.export as export
+
+    monkeypatch.setattr(export, "run_validation", lambda *a, **k: {
+        "ok": False, "checks": [{"check": "greedy text", "ok": False, "detail": "differs"}]})
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ExportError, match="greedy text"):
+        tfgen.export_saved_model(tiny, str(tmp_path / "m"), strategies="greedy", max_prompt_tokens=8,
+                                 max_new_tokens=4, batch_buckets=(1,), progress=False)
+    assert not (tmp_path / "m").exists() or os.listdir(tmp_path / "m") == []
