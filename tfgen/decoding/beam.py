@@ -155,8 +155,12 @@ def decode(lm, input_ids, attention_mask, params, num_steps, num_beams, num_retu
     scores = tf.where(any_finished[:, None], state["scores"], running_scores)
     sequences = _flat(sequences[:, :num_return_sequences])
     new_tokens = sequences[:, tf.shape(input_ids)[1]:]
+    lengths = search.generated_lengths(new_tokens, params["eos_token_id"], state["step"])
+    # A prompt that finished fewer hypotheses than it returns fills the other slots with Hugging
+    # Face's placeholders (score -1e9, only padding): they generated nothing.
+    real = state["finished"] | ~any_finished[:, None]  # [B, K]
     return dict(
         new_tokens=new_tokens,
         scores=tf.reshape(scores[:, :num_return_sequences], [-1]),
-        num_generated=search.generated_lengths(new_tokens, params["eos_token_id"], state["step"]),
+        num_generated=tf.where(tf.reshape(real[:, :num_return_sequences], [-1]), lengths, 0),
     )

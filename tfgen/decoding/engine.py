@@ -103,23 +103,26 @@ class Engine:
         mask = np.zeros([padded_batch, padded_length], np.int32)
         ids[:n, padded_length - prompt_length:] = input_ids
         mask[:n, padded_length - prompt_length:] = attention_mask
-        # Filler rows: one BOS token each, finished after one step.
-        ids[n:, -1] = self.lm.bos_token_id
-        mask[n:, -1] = 1
+        # Filler rows copy the first row. Beam search's stop test looks at every row, so a filler
+        # row unlike the real ones could keep the loop running where Hugging Face stops; a copy
+        # never does. Sampling ends them after one greedy step.
+        ids[n:] = ids[0]
+        mask[n:] = mask[0]
 
-        def per_row(values, dtype, filler):
-            out = np.full([padded_batch], filler, dtype)
+        def per_row(values, dtype, filler=None):
+            out = np.empty([padded_batch], dtype)
             out[:n] = values
+            out[n:] = out[0] if filler is None else filler
             return tf.constant(out)
 
         params = dict(
             do_sample=per_row(config.do_sample, bool, False),
-            temperature=per_row(rows["temperature"], np.float32, 1.0),
-            top_k=per_row(rows["top_k"], np.int32, 0),
-            top_p=per_row(rows["top_p"], np.float32, 1.0),
-            repetition_penalty=per_row(rows["repetition_penalty"], np.float32, 1.0),
+            temperature=per_row(rows["temperature"], np.float32),
+            top_k=per_row(rows["top_k"], np.int32),
+            top_p=per_row(rows["top_p"], np.float32),
+            repetition_penalty=per_row(rows["repetition_penalty"], np.float32),
             max_new_tokens=per_row(rows["max_new_tokens"], np.int32, 1),
-            seed=per_row(seeds, np.int64, 0),
+            seed=per_row(seeds, np.int64),
             min_new_tokens=tf.constant(config.min_new_tokens, tf.int32),
             no_repeat_ngram_size=tf.constant(config.no_repeat_ngram_size, tf.int32),
             eos_token_id=tf.constant(eos, tf.int32),
