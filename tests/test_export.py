@@ -269,3 +269,26 @@ def test_failed_validation_leaves_nothing(tiny, tmp_path, monkeypatch):
         tfgen.export_saved_model(tiny, str(tmp_path / "m"), strategies="greedy", max_prompt_tokens=8,
                                  max_new_tokens=4, batch_buckets=(1,), progress=False)
     assert not (tmp_path / "m").exists() or os.listdir(tmp_path / "m") == []
+
+
+def test_cli_validate_reports_ok(exported, capsys):
+    from tfgen.cli import main
+
+    assert main(["validate", exported, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and any(c["check"].startswith("warmup beam") for c in report["checks"])
+
+
+def test_cli_export_writes_next_version(tmp_path, capsys):
+    from tfgen.cli import main
+
+    args = ["export", "random:tiny", "--name", "cli", "--out", str(tmp_path), "--strategies", "greedy",
+            "--max-prompt-tokens", "8", "--max-new-tokens", "4", "--batch-buckets", "1", "--no-validate", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["path"] == os.path.join(str(tmp_path), "cli", "1")
+    assert "--xla_cpu_compilation_enabled=true" in first["serve"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"].endswith(os.path.join("cli", "2"))
+    assert main(args[:-2] + ["--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
+from tfgen import cli_export
+
 EXIT_USAGE = 2  # bad input: argument, value, file or model spec
 EXIT_INTERRUPTED = 130
 
@@ -304,7 +306,12 @@ COMMANDS = [
     Command("generate", "continue a prompt", _add_generate_arguments, _generate),
     Command("inspect", "look inside a model: tokens, next, hidden, similarity, params",
             subcommands=INSPECT_COMMANDS),
-    # export, validate and bench go here, each a Command(name, help, add_arguments, run).
+    Command("export", "export a SavedModel for TensorFlow Serving (validated, atomic)",
+            cli_export.export_arguments, cli_export.export),
+    Command("validate", "check an export as TF Serving would load it, in a fresh process",
+            cli_export.validate_arguments, cli_export.validate),
+    Command("bench", "decoding speed against Hugging Face's XLA generate, with the memory roofline",
+            cli_export.bench_arguments, cli_export.bench),
 ]
 
 
