@@ -74,7 +74,10 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
             lambda i, _: i < n - 1, compare, (tf.constant(0), match),
             maximum_iterations=length,
         )
-        valid = (starts + n - 1 < cur_len)[None, :] & (cur_len - first_slot + 1 >= n)
+        # A window must lie inside [first_slot, cur_len): with n = 1 there is nothing to compare,
+        # so a padding slot would otherwise ban token 0.
+        inside = (starts >= first_slot) & (starts + n - 1 < cur_len)
+        valid = inside[None, :] & (cur_len - first_slot + 1 >= n)
         match = match & valid  # [B, L]
         next_tokens = tf.gather(tokens, tf.minimum(starts + n - 1, length - 1), axis=1)  # [B, L]
         next_tokens = tf.maximum(next_tokens, 0)  # padding slots never match; keep indices valid

@@ -42,8 +42,11 @@ def uniform(seed, step, vocab_size):
     keys = row_keys(seed, step)[:, None]  # [B, 1]
     index = tf.cast(tf.range(vocab_size), tf.uint32)[None, :] * tf.constant(_GOLDEN, tf.uint32)
     bits = _fmix32(_xor(_fmix32(keys + index), keys))
-    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)  # 24 bits
-    return (mantissa + 0.5) * (1.0 / 16777216.0)
+    # 23 bits, so that (m + 0.5) / 2**23 is exact in float32 and lies in [2**-24, 1 - 2**-24]. With
+    # 24 bits the top value rounded to 1.0: its Gumbel noise was +inf, which won the argmax
+    # whatever the token's probability, or made NaN (inf - inf) on a token top-k/top-p removed.
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32)), tf.float32)
+    return (mantissa + 0.5) * (1.0 / 8388608.0)
 
 
 def gumbel(seed, step, vocab_size):
