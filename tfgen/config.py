@@ -92,8 +92,10 @@ class GenerationConfig:
         values.update(overrides)
         return cls(**values)
 
-    def validate(self, batch_size: Optional[int] = None) -> "GenerationConfig":
-        """Check every field; per-row arrays must have `batch_size` entries. Returns self.
+    def validate(self, batch_size: Optional[int] = None,
+                 vocab_size: Optional[int] = None) -> "GenerationConfig":
+        """Check every field; per-row arrays must have `batch_size` entries, token ids must be
+        below `vocab_size` (when given). Returns self.
 
         Raises:
             TypeError: a field of the wrong type.
@@ -112,7 +114,7 @@ class GenerationConfig:
         for name in ("eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, low=0)
+                _check_int(name, value, low=0, high=None if vocab_size is None else vocab_size - 1)
         if self.num_beams > 1:
             if self.num_return_sequences > self.num_beams:
                 raise ValueError(
@@ -122,6 +124,9 @@ class GenerationConfig:
             if self.do_sample:
                 raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; "
                                  "use num_beams=1 for sampling or do_sample=False for beam search")
+            if isinstance(self.max_new_tokens, (list, tuple, np.ndarray)):
+                raise ValueError("beam search takes one max_new_tokens for the whole batch, got per-row "
+                                 f"values {self.max_new_tokens!r}")
         elif not self.do_sample and self.num_return_sequences > 1:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} with greedy search would repeat the "

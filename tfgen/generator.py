@@ -206,7 +206,7 @@ class TextGenerator:
             )
 
     def _run(self, ids, mask, config: GenerationConfig) -> dict:
-        config.validate(batch_size=ids.shape[0])
+        config.validate(batch_size=ids.shape[0], vocab_size=self.vocab_size)
         self._check_length(int(mask.sum(axis=1).max()), config)
         return self.engine.generate(ids, mask, config)
 

@@ -57,7 +57,7 @@ def stream_text(generator, prompt: str, config) -> Iterator[str]:
     """Yield text pieces of the continuation of `prompt`; stop strings end it (and are not shown)."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    config.validate(batch_size=1)
+    config.validate(batch_size=1, vocab_size=generator.vocab_size)
     if config.num_beams > 1 or config.num_return_sequences > 1:
         raise ValueError("stream supports greedy search and sampling of one sequence "
                          "(num_beams=1, num_return_sequences=1)")
