@@ -186,6 +186,16 @@ def test_greedy_small_vocab_eos(small_vocab):
     assert any(ended) and not all(ended), "the fixture should end some rows and not others"
 
 
+def test_greedy_no_repeat_ngram_1_with_bucket_padding(small_vocab):
+    """Greedy picks token 0 at step 15 of the first row; the prompt bucket's padding slots
+    (6 tokens in a bucket of 8) must not put token 0 among the banned 1-grams."""
+    rows = [[21, 64, 73, 25, 29, 44], [28, 93, 20], [86, 77, 81, 14, 40], [61, 49, 65, 66, 64, 9]]
+    ids, mask = left_pad(rows, SMALL_PAD)
+    ours, _ = assert_matches_hf(small_vocab, ids, mask, max_new_tokens=16, pad_token_id=1,
+                                no_repeat_ngram_size=1)
+    assert ours.sequences[0, ids.shape[1] + 15] == 0
+
+
 def test_greedy_scores_are_processed_log_probs(tiny, batch, mid_eos):
     """exp(score) is the softmax probability of the chosen token under Hugging Face's processed logits."""
     _, _, token = mid_eos
