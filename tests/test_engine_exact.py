@@ -146,6 +146,12 @@ def test_greedy_processors(tiny, batch, params):
     assert_matches_hf(tiny, *batch, max_new_tokens=14, **params)
 
 
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 16])  # 16: the whole step bucket
+def test_greedy_lengths_at_the_edges(tiny, batch, max_new_tokens):
+    ours, _ = assert_matches_hf(tiny, *batch, max_new_tokens=max_new_tokens)
+    np.testing.assert_array_equal(ours.num_generated, [max_new_tokens] * 2)
+
+
 def test_greedy_eos_mid_way(tiny, batch, mid_eos):
     row, step, token = mid_eos
     ours, _ = assert_matches_hf(tiny, *batch, max_new_tokens=12, eos_token_id=token, pad_token_id=PAD)
@@ -242,6 +248,11 @@ def test_beam_single_prompt(tiny):
 ], ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "plain")
 def test_beam_left_padded_batch(tiny, batch, params):
     assert_matches_hf(tiny, *batch, max_new_tokens=12, **BEAM, **params)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 16])
+def test_beam_lengths_at_the_edges(tiny, batch, max_new_tokens):
+    assert_matches_hf(tiny, *batch, max_new_tokens=max_new_tokens, **BEAM)
 
 
 @pytest.fixture(scope="module")

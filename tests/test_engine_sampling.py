@@ -231,6 +231,15 @@ def test_gumbel_noise_is_finite():
     assert np.isfinite(random.gumbel(tf.constant([1, 2], tf.int64), tf.constant(7), 50257).numpy()).all()
 
 
+def test_noise_depends_on_every_seed_bit_and_the_step():
+    seeds = tf.constant([5, 5 + 2**40, 2**63 - 1, 6], tf.int64)
+    draws = random.uniform(seeds, tf.constant(0), 1000).numpy()
+    assert len({row.tobytes() for row in draws}) == 4
+    assert not np.array_equal(draws[0], random.uniform(seeds[:1], tf.constant(1), 1000).numpy()[0])
+    # A row's numbers do not depend on the other rows.
+    np.testing.assert_array_equal(draws[1], random.uniform(seeds[1:2], tf.constant(0), 1000).numpy()[0])
+
+
 # -- seeds --------------------------------------------------------------------------------------
 
 
