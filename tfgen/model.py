@@ -125,6 +125,13 @@ class CausalLM:
         raise NotImplementedError
 
 
+def _dense(x, weight, bias):
+    """x [B, T, in] @ weight [in, out] + bias, as one 2-D matmul (as transformers' TFConv1D does)."""
+    shape = tf.shape(x)
+    flat = tf.matmul(tf.reshape(x, [-1, weight.shape[0]]), weight) + bias
+    return tf.reshape(flat, tf.concat([shape[:-1], [weight.shape[1]]], axis=0))
+
+
 def _layer_norm(x, gamma, beta, epsilon):
     mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
     return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
@@ -189,18 +196,18 @@ class GPT2(CausalLM):
         for index, block in enumerate(self.blocks):
             attn = block.attn
             h = _layer_norm(x, block.ln_1.gamma, block.ln_1.beta, self.epsilon)
-            qkv = tf.matmul(h, attn.c_attn.weight) + attn.c_attn.bias  # [B, T, 3D]
+            qkv = _dense(h, attn.c_attn.weight, attn.c_attn.bias)  # [B, T, 3D]
             q, k, v = [self._split_heads(t, batch, length) for t in tf.split(qkv, 3, axis=-1)]
             out, cache_k, cache_v = cached_attention(
                 q, k, v, cache[2 * index], cache[2 * index + 1], start, bias
             )
             new_cache += [cache_k, cache_v]
             out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, length, self.hidden_size])
-            x = x + tf.matmul(out, attn.c_proj.weight) + attn.c_proj.bias
+            x = x + _dense(out, attn.c_proj.weight, attn.c_proj.bias)
             h = _layer_norm(x, block.ln_2.gamma, block.ln_2.beta, self.epsilon)
             mlp = block.mlp
-            h = self.activation(tf.matmul(h, mlp.c_fc.weight) + mlp.c_fc.bias)
-            x = x + tf.matmul(h, mlp.c_proj.weight) + mlp.c_proj.bias
+            h = self.activation(_dense(h, mlp.c_fc.weight, mlp.c_fc.bias))
+            x = x + _dense(h, mlp.c_proj.weight, mlp.c_proj.bias)
             layers.append(x)
         x = _layer_norm(x, self.ln_f.gamma, self.ln_f.beta, self.epsilon)
         if all_layers:
