@@ -65,16 +65,25 @@ def native_stderr_silenced():
     python_stderr = sys.stderr
     replaced = python_stderr is sys.__stderr__
     if replaced:
-        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=python_stderr.encoding,
-                          errors=python_stderr.errors)
+        sys.stderr = _stderr_copy(saved, python_stderr)
     os.dup2(null, 2)
     try:
         yield
     finally:
         if replaced:
             sys.stderr.flush()
-            sys.stderr.close()
             sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+_STDERR_COPY = []
+
+
+def _stderr_copy(fd: int, like):
+    """A file on a duplicate of the real stderr, made once and never closed: logging handlers
+    created while fd 2 is silenced (TensorFlow's, at import) keep writing to it afterwards."""
+    if not _STDERR_COPY:
+        _STDERR_COPY.append(open(os.dup(fd), "w", buffering=1, encoding=like.encoding, errors=like.errors))
+    return _STDERR_COPY[0]
