@@ -160,6 +160,28 @@ def test_top_p_keeps_at_least_one_token():
     assert ours[1].all()  # four tied tokens: ties at the threshold are kept
 
 
+def test_top_k_and_top_p_candidate_paths_equal_bisection():
+    """Small k and compact nuclei take the tf.math.top_k path; a large k or a flat row forces the
+    bisection for the whole batch. Both must keep the same tokens, and both match numpy."""
+    rng = np.random.default_rng(3)
+    scores = (rng.normal(size=[4, 3000]) * np.array([[1.0], [3.0], [6.0], [9.0]])).astype(np.float32)
+    k = np.array([1, 5, 50, 64], np.int32)
+    fast = processors.top_k(tf.constant(scores), tf.constant(k)).numpy()
+    slow = processors.top_k(tf.constant(np.vstack([scores, scores[:1]])),
+                            tf.constant(np.append(k, 500).astype(np.int32))).numpy()[:4]
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast, np_top_k(scores, k).astype(np.float32))
+
+    peaked = scores[1:] * 3.0  # nuclei of a few tokens: within the 256 candidates
+    p = np.array([0.5, 0.9, 0.99], np.float32)
+    fast = np.isfinite(processors.top_p(tf.constant(peaked), tf.constant(p)).numpy())
+    flat = np.vstack([peaked, scores[:1] * 0.1])  # a flat row whose nucleus needs thousands of tokens
+    slow = np.isfinite(processors.top_p(tf.constant(flat), tf.constant(np.append(p, 0.9))).numpy())
+    np.testing.assert_array_equal(fast, slow[:3])
+    assert slow[3].sum() > 256
+    assert (fast >= np_top_p_keep(peaked, p - 1e-4)).all() and (fast <= np_top_p_keep(peaked, p + 1e-4)).all()
+
+
 def test_repetition_penalty_per_row():
     rng = np.random.default_rng(2)
     scores = rng.normal(size=[3, 50]).astype(np.float32)
