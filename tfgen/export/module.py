@@ -28,13 +28,16 @@ def _bucket(value, buckets):
     return tf.where(index < tf.size(buckets), tf.gather(buckets, tf.minimum(index, tf.size(buckets) - 1)), over)
 
 
-def _left_pad(ragged, length, batch, pad_id, filler_id):
-    """Ragged int32 [n, None] -> (ids, mask) [batch, length], rows right-aligned; rows >= n hold
-    one filler token."""
+def _left_pad(ragged, length, batch, pad_id):
+    """Ragged int32 [n, None] -> (ids, mask) [batch, length], rows right-aligned.
+
+    Rows n..batch-1 (filler up to the batch bucket) copy row 0: a filler row that never ended
+    would keep beam search running after Hugging Face's would have stopped.
+    """
     n = ragged.nrows(out_type=tf.int32)
+    ragged = tf.gather(ragged, tf.concat([tf.range(n), tf.zeros([batch - n], tf.int32)], 0))
     lengths = tf.cast(ragged.row_lengths(), tf.int32)
-    lengths = tf.concat([lengths, tf.ones([batch - n], tf.int32)], 0)
-    flat = tf.concat([ragged.flat_values, tf.fill([batch - n], filler_id)], 0)
+    flat = ragged.flat_values
     starts = tf.concat([[0], tf.cumsum(lengths)[:-1]], 0)
     column = tf.range(length)[None, :]
     offset = column - (length - lengths[:, None])  # index inside the row; < 0 is padding
@@ -89,7 +92,7 @@ class GenerationModule(tf.Module):
         longest = tf.cast(tf.reduce_max(ragged.row_lengths()), tf.int32)
         length = _bucket(longest, self.prompt_buckets)
         padded_batch = _bucket(batch, self.batch_buckets)
-        ids, mask = _left_pad(ragged, length, padded_batch, self.lm.pad_token_id, self.lm.bos_token_id)
+        ids, mask = _left_pad(ragged, length, padded_batch, self.lm.pad_token_id)
         return ids, mask, padded_batch, length - longest
 
     def _params(self, batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature, top_k,
