@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from tfgen import cli_export
+from tfgen import cli_beam, cli_export
 
 EXIT_USAGE = 2  # bad input: argument, value, file or model spec
 EXIT_INTERRUPTED = 130
@@ -312,6 +312,8 @@ COMMANDS = [
             cli_export.validate_arguments, cli_export.validate),
     Command("bench", "decoding speed against Hugging Face's XLA generate, with the memory roofline",
             cli_export.bench_arguments, cli_export.bench),
+    Command("batch", "generate for a JSON-lines file with an Apache Beam pipeline (local or Dataflow)",
+            cli_beam.batch_arguments, cli_beam.batch),
 ]
 
 
