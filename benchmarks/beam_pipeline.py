@@ -79,9 +79,11 @@ def main():
             ("python loop over generate, warm (generate only)", timing["warm_s"])]
     with tempfile.TemporaryDirectory() as scratch:
         for workers in [int(w) for w in args.workers.split(",")]:
-            texts_out, seconds = pipeline(args.model, texts, args.new_tokens, args.batch_size, workers, scratch)
-            assert texts_out == expected, f"the pipeline with {workers} workers wrote other texts than generate"
-            rows.append((f"beam DirectRunner, {workers} worker process{'es' if workers > 1 else ''}, end to end",
+            texts_out, seconds = pipeline(args.model, texts, args.new_tokens, args.batch_size, workers,
+                                          scratch)
+            assert texts_out == expected, f"the pipeline with {workers} workers wrote other texts"
+            plural = "es" if workers > 1 else ""
+            rows.append((f"beam DirectRunner, {workers} worker process{plural}, end to end",
                          seconds))
     width = max(len(name) for name, _ in rows)
     print(f"{'run':<{width}}  {'seconds':>8}  {'prompts/s':>9}  vs warm loop")

@@ -24,7 +24,8 @@ GOOD = [
     {"id": "g4", "prompt": "Once upon a time", "repetition_penalty": 1.3},
     {"id": "s1", "prompt": "The sky is", "do_sample": True, "seed": 7, "temperature": 0.7},
     {"id": "s2", "prompt": "The sky is", "do_sample": True, "seed": 8, "top_k": 5, "max_new_tokens": 4},
-    {"id": "s3", "prompt": "In the beginning", "do_sample": True, "seed": 9, "top_p": 0.5, "temperature": 1.5},
+    {"id": "s3", "prompt": "In the beginning", "do_sample": True, "seed": 9, "top_p": 0.5,
+     "temperature": 1.5},
     {"id": "s4", "prompt": "My name is", "do_sample": True, "seed": 10, "top_k": 0, "temperature": None},
 ]
 BAD = {  # id -> (line, expected words of the reason)
@@ -64,7 +65,8 @@ def test_pipeline_two_workers_every_line_once_and_per_row_params(tiny, tmp_path)
     assert status == 0
 
     results, dead = _read(output), _read(tmp_path / "results.dead.jsonl")
-    ids = [row["id"] for row in results] + [json.loads(d["line"])["id"] for d in dead if d["line"] != NOT_JSON]
+    ids = [row["id"] for row in results] + \
+        [json.loads(d["line"])["id"] for d in dead if d["line"] != NOT_JSON]
     assert sorted(ids) == sorted([row["id"] for row in GOOD] + list(BAD))
     assert len(results) + len(dead) == len(GOOD) + len(BAD) + 1
 
@@ -117,7 +119,8 @@ def test_saved_model_handler(tiny, tiny_export, tmp_path):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write_input(source, rows, bad)
     handler = tfgen_beam.SavedModelHandler(tiny_export)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 1}  # the export's buckets
+    # The export's batch buckets are (1,).
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 1}
     counts = tfgen_beam.run_batch(str(source), str(output), handler, progress=False)
     assert counts == {"ok": 3, "dead_letter": 2, "blank": 1}
     by_id = {row["id"]: row for row in _read(output)}
@@ -156,7 +159,8 @@ def test_handler_arguments():
     (["--input", "{src}", "--output", "o.jsonl", "--top-p", "2"], "top_p must be <= 1.0"),
     (["--input", "{src}", "--output", "o.jsonl", "--model", "random:nope"], "unknown random model"),
     (["--input", "{src}", "--output", "o.jsonl", "--model", "random:tiny", "--saved-model", "x"], "not both"),
-    (["--input", "{src}", "--output", "o.jsonl", "--workers", "2", "--runner", "DataflowRunner"], "DirectRunner"),
+    (["--input", "{src}", "--output", "o.jsonl", "--workers", "2", "--runner", "DataflowRunner"],
+     "DirectRunner"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, words):
     source = tmp_path / "in.jsonl"

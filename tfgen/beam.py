@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -206,7 +205,8 @@ class TFGenModelHandler(ModelHandler):
         for key, indices in groups.items():
             settings = dict(key)
             elements = [batch[i] for i in indices]
-            done = _isolating(lambda rows: _generate_rows(model, rows, settings), elements, (ValueError, TypeError))
+            done = _isolating(lambda rows: _generate_rows(model, rows, settings), elements,
+                              (ValueError, TypeError))
             for index, output in zip(indices, done):
                 outputs[index] = output
         return outputs
@@ -294,7 +294,8 @@ class SavedModelHandler(ModelHandler):
         min_batch_size: default max_batch_size.
     """
 
-    def __init__(self, path: str, *, max_batch_size: Optional[int] = None, min_batch_size: Optional[int] = None):
+    def __init__(self, path: str, *, max_batch_size: Optional[int] = None,
+                 min_batch_size: Optional[int] = None):
         if not isinstance(path, str) or not path:
             raise TypeError("path must be the SavedModel's version directory")
         if max_batch_size is None:
@@ -312,7 +313,8 @@ class SavedModelHandler(ModelHandler):
 
         loaded = tf.saved_model.load(self._path)
         if "generate" not in loaded.signatures:
-            raise ValueError(f"{self._path} has no 'generate' signature; export it with the 'sample' strategy")
+            raise ValueError(f"{self._path} has no 'generate' signature; "
+                             "export it with the 'sample' strategy")
         # generate_ids' scores are [B, max_new_tokens]: the export's limit, read without running it.
         limit = loaded.signatures["generate_ids"].structured_outputs["scores"].shape[1]
         return _SavedModel(loaded, loaded.signatures["generate"], int(limit))
@@ -333,7 +335,8 @@ class SavedModelHandler(ModelHandler):
         kept = []
         for index, element in enumerate(batch):
             params = element["params"]
-            unsupported = [name for name in _SAVED_MODEL_FIXED if params.get(name, _DEFAULTS[name]) != _DEFAULTS[name]]
+            unsupported = [name for name in _SAVED_MODEL_FIXED
+                           if params.get(name, _DEFAULTS[name]) != _DEFAULTS[name]]
             max_new = params.get("max_new_tokens", model.max_new_tokens)
             if unsupported:
                 outputs[index] = dead_letter(element["line"], (
@@ -382,7 +385,8 @@ def _run_signature(model: _SavedModel, elements: List[dict]) -> List[dict]:
     results = []
     for element, completion, count in zip(elements, completions, counts):
         completion = _cut_at_stop(completion, _stops(element["params"]))
-        results.append(_result(element, [element["fields"]["prompt"] + completion], [completion], [int(count)]))
+        text = element["fields"]["prompt"] + completion
+        results.append(_result(element, [text], [completion], [int(count)]))
     return results
 
 
@@ -444,7 +448,8 @@ class GenerateText(beam.PTransform):
         self._progress_path = progress_path
 
     def expand(self, lines):
-        parsed = lines | "Parse" >> beam.ParDo(_Parse(self._defaults)).with_outputs("dead_letters", main="rows")
+        parsed = lines | "Parse" >> beam.ParDo(_Parse(self._defaults)).with_outputs(
+            "dead_letters", main="rows")
         generated = (parsed.rows
                      | "Generate" >> RunInference(self._handler)
                      | "Route" >> beam.Map(_route).with_outputs("dead_letters", main="results"))
@@ -548,7 +553,8 @@ def run_batch(input: str, output: str, handler: ModelHandler, *, dead_letter: Op
     tracker = _Progress(input) if progress and local else None
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | GenerateJsonl(input, output, dead_letter, handler,
-                                 progress_path=tracker.path if tracker else None, num_shards=num_shards, **defaults)
+                                 progress_path=tracker.path if tracker else None, num_shards=num_shards,
+                                 **defaults)
     try:
         if tracker:
             tracker.start()
@@ -601,7 +607,8 @@ class _Progress:
     def _poll(self):
         from tqdm import tqdm
 
-        with tqdm(total=self._total, unit="line", desc="tfgen batch", file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(total=self._total, unit="line", desc="tfgen batch", file=sys.stderr,
+                  dynamic_ncols=True) as bar:
             while True:
                 finished = self._done.wait(0.5)
                 done = os.path.getsize(self.path)
@@ -619,5 +626,6 @@ def _count_lines(path: str) -> Optional[int]:
         return sum(1 for line in handle if line.strip())
 
 
-__all__ = ["GenerateText", "GenerateJsonl", "TFGenModelHandler", "SavedModelHandler", "run_batch", "parse_row",
+__all__ = ["GenerateText", "GenerateJsonl", "TFGenModelHandler", "SavedModelHandler", "run_batch",
+           "parse_row",
            "counters", "default_dead_letter_path", "NAMESPACE"]

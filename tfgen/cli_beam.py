@@ -44,18 +44,22 @@ def _keep_unknown_flags(parser: argparse.ArgumentParser) -> None:
 def batch_arguments(parser: argparse.ArgumentParser) -> None:
     from tfgen.cli import _add_model_options
 
-    parser.epilog = ("Input lines are JSON objects with 'prompt' and optional per-row parameters (temperature, "
-                     "top_k, top_p, max_new_tokens, seed, ...; the options below are their defaults) and any "
+    parser.epilog = ("Input lines are JSON objects with 'prompt' and optional per-row parameters "
+                     "(temperature, top_k, top_p, max_new_tokens, seed, ...; the options below are their "
+                     "defaults) and any "
                      "other fields, which the output keeps. Flags not listed here are Apache Beam pipeline "
                      "options (e.g. --project, --region, --temp_location, --direct_num_workers).")
-    parser.add_argument("--input", required=True, metavar="PATH", help="JSON lines, one object per line (or a glob)")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="JSON lines, one object per line (or a glob)")
     parser.add_argument("--output", required=True, metavar="PATH", help="results as JSON lines")
     parser.add_argument("--dead-letter", metavar="PATH",
                         help="lines that could not be generated, with the reason (default OUTPUT.dead.jsonl)")
     parser.add_argument("--saved-model", metavar="PATH",
-                        help="run an export's 'generate' signature (saved_models/NAME/VERSION) instead of --model")
+                        help="run an export's 'generate' signature (saved_models/NAME/VERSION) "
+                             "instead of --model")
     parser.add_argument("--runner", default="DirectRunner",
-                        help="Beam runner: DirectRunner (default), PrismRunner, DataflowRunner, FlinkRunner, ...")
+                        help="Beam runner: DirectRunner (default), PrismRunner, DataflowRunner, "
+                             "FlinkRunner, ...")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="DirectRunner only: N worker processes (multi_processing mode)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -66,7 +70,8 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-xla", action="store_true", help="run decoding without XLA compilation")
     _add_model_options(parser)  # --model, --json (summary as JSON), --verbose
-    group = parser.add_argument_group("generation defaults for rows that do not set them (Hugging Face names)")
+    group = parser.add_argument_group(
+        "generation defaults for rows that do not set them (Hugging Face names)")
     group.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens to generate at most (20)")
     group.add_argument("--min-new-tokens", type=int, metavar="N", help="no EOS before N tokens (0)")
     group.add_argument("--num-beams", type=int, metavar="N", help="beam search with N beams (1: off)")
@@ -80,7 +85,8 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--early-stopping", choices=["true", "false", "never"], help="beam search stop rule")
     group.add_argument("--num-return-sequences", type=int, metavar="N",
                        help="outputs per prompt (1); above 1, text/completion/num_tokens are lists")
-    group.add_argument("--seed", type=int, metavar="S", help="seed for rows without one (default: a fresh one)")
+    group.add_argument("--seed", type=int, metavar="S",
+                       help="seed for rows without one (default: a fresh one)")
     group.add_argument("--stop", action="append", metavar="STR", help="end the text at STR (repeatable)")
     _keep_unknown_flags(parser)
 
@@ -99,7 +105,8 @@ def _check_model(spec, saved_model) -> None:
         raise ValueError("give --model or --saved-model, not both")
     if saved_model is not None:
         if "://" not in saved_model and not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
-            raise ValueError(f"--saved-model {saved_model!r} is not a SavedModel directory (no saved_model.pb); "
+            raise ValueError(f"--saved-model {saved_model!r} is not a SavedModel directory "
+                             "(no saved_model.pb); "
                              "give the version directory, e.g. saved_models/gpt2/1")
     elif spec is not None and spec.startswith("random:") and spec[len("random:"):] not in RANDOM_PRESETS:
         raise ValueError(f"unknown random model {spec[len('random:'):]!r}; choose one of: "
@@ -134,7 +141,8 @@ def batch(args: argparse.Namespace) -> int:
     if args.saved_model is not None:
         handler = tfgen_beam.SavedModelHandler(args.saved_model, max_batch_size=args.batch_size)
     else:
-        handler = tfgen_beam.TFGenModelHandler(args.model, xla=not args.no_xla, max_batch_size=args.batch_size or 8)
+        handler = tfgen_beam.TFGenModelHandler(args.model, xla=not args.no_xla,
+                                               max_batch_size=args.batch_size or 8)
     pipeline_args = [f"--runner={args.runner}"] + list(args.pipeline_args)
     if args.workers is not None:
         pipeline_args += [f"--direct_num_workers={args.workers}", "--direct_running_mode=multi_processing"]
@@ -151,11 +159,13 @@ def batch(args: argparse.Namespace) -> int:
         raise
     except Exception as error:  # the runner's own failure: one line, not its traceback
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        print(f"error: the pipeline failed: {type(error).__name__}: {lines[-1] if lines else ''}", file=sys.stderr)
+        last = lines[-1] if lines else ""
+        print(f"error: the pipeline failed: {type(error).__name__}: {last}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"output": args.output, "dead_letter": dead_letter, **counts}))
     else:
-        print(f"{counts['ok']} results -> {args.output}, {counts['dead_letter']} dead letters -> {dead_letter}"
+        print(f"{counts['ok']} results -> {args.output}, "
+              f"{counts['dead_letter']} dead letters -> {dead_letter}"
               + (f", blank lines skipped: {counts['blank']}" if counts["blank"] else ""))
     return 0
