@@ -108,6 +108,9 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-return-sequences", type=int, metavar="N", help="outputs per prompt (1)")
     group.add_argument("--seed", type=int, metavar="S", help="makes sampling reproducible")
     group.add_argument("--stop", action="append", metavar="STR", help="end the text at STR (repeatable)")
+    group.add_argument("--chat", action="store_true",
+                       help="treat each prompt as a user message in the model's chat template and print "
+                            "the reply (chat models such as smollm2-135m)")
     output = parser.add_argument_group("output")
     output.add_argument("--stream", action="store_true", help="print the text as it is generated")
     output.add_argument("--batch-size", type=int, default=8, metavar="N",
@@ -157,6 +160,8 @@ def _generate(args: argparse.Namespace) -> int:
         params["early_stopping"] = _early_stopping(params["early_stopping"])
     GenerationConfig(**params).validate()  # before the model loads, so mistakes show at once
     generator = _load(args, xla=not args.no_xla)
+    if args.chat:
+        params["chat"] = True
     # The notice comes once the input passed every check, so an error stays the only line.
     if args.stream:
         for index, prompt in enumerate(prompts):
@@ -165,7 +170,8 @@ def _generate(args: argparse.Namespace) -> int:
                 print(_SEPARATOR)
             else:
                 _warn_if_random(generator, "the generated text is gibberish")
-            print(prompt, end="", flush=True)
+            if not args.chat:  # a chat reply is printed on its own
+                print(prompt, end="", flush=True)
             for piece in pieces:
                 print(piece, end="", flush=True)
             print(flush=True)
@@ -179,12 +185,13 @@ def _generate(args: argparse.Namespace) -> int:
             _warn_if_random(generator, "the generated text is gibberish")
         for index, completion in enumerate(completions):
             prompt = batch[index // copies]
+            text = completion if args.chat else prompt + completion
             if args.json:
-                _print_json({"prompt": prompt, "text": prompt + completion, "completion": completion})
+                _print_json({"prompt": prompt, "text": text, "completion": completion})
             else:
                 if shown:
                     print(_SEPARATOR)
-                print(prompt + completion, flush=True)
+                print(text, flush=True)
             shown += 1
     return 0
 

