@@ -474,3 +474,23 @@ def test_cli_generate_chat_prints_the_reply(tiny_llama, monkeypatch, capsys):
     assert capsys.readouterr().out == reply + "\n"
     assert cli.main(["generate", "Hi", "--chat", "--stream", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out == reply + "\n"
+
+
+def test_the_default_model_is_smollm2(smollm2, greedy_smol, monkeypatch, capsys, tmp_path):
+    """`tfgen.load()` and every CLI command without --model use SmolLM2-135M: real English, no notice."""
+    from tfgen import cli
+
+    default = tfgen.load()
+    assert default.name == "smollm2-135m" and not default.random_weights
+    assert default.num_parameters == smollm2.num_parameters
+    del default
+    seen = []
+    monkeypatch.setattr(tfgen, "load", lambda spec=None, **options: seen.append(spec) or smollm2)
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")  # two prompts: the program greedy_smol compiled
+    assert cli.main(["generate", "--file", str(path), "--max-new-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    ids, _, result = greedy_smol
+    expected = [p + smollm2.decode(row[ids.shape[1]:]) for p, row in zip(PROMPTS, result.sequences)]
+    assert out == expected[0] + "\n" + "-" * 40 + "\n" + expected[1] + "\n"
+    assert seen == [None] and err == ""

@@ -54,9 +54,10 @@ class _Parser(argparse.ArgumentParser):
 # -- shared options ---------------------------------------------------------------------------------
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="SPEC", default=None,
-                        help="a save_pretrained directory, a hub id (gpt2, distilgpt2, ...) or "
-                             "random:NAME (gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny); "
-                             "default: the built-in model (random:gpt2 for now)")
+                        help="smollm2-135m (the default: SmolLM2-135M-Instruct, offline), gguf:PATH "
+                             "(a Llama-architecture GGUF file), a save_pretrained directory, a hub id "
+                             "(gpt2, distilgpt2, ...) or random:NAME (gpt2, distilgpt2, gpt2-medium, "
+                             "gpt2-large, gpt2-xl, tiny)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per line)")
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's and transformers' own log messages")

