@@ -15,6 +15,7 @@ import pytest
 
 import tfgen
 from tfgen import gguf as tfgen_gguf
+from tfgen.llama import keras_hub_backbone
 from tfgen.loading import packaged_gguf_path
 from tfgen.model import full_forward
 
@@ -316,34 +317,6 @@ def test_chat_prompt_applies_the_gguf_template(smollm2, tiny_llama):
 
 
 # -- forward pass -----------------------------------------------------------------------------------
-def _keras_hub_llama(converted):
-    import keras_hub
-
-    config = converted.config
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=config.vocab_size, num_layers=config.num_hidden_layers,
-        num_query_heads=config.num_attention_heads, hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size, num_key_value_heads=config.num_key_value_heads,
-        rope_max_wavelength=config.rope_theta, layer_norm_epsilon=config.rms_norm_eps,
-        tie_word_embeddings=config.tie_word_embeddings, dtype="float32")
-    w = converted.weights
-    backbone.get_layer("token_embedding").embeddings.assign(w["model.embed_tokens.weight"])
-    backbone.get_layer("sequence_output_layernorm").scale.assign(w["model.norm.weight"])
-    for i in range(config.num_hidden_layers):
-        layer, p = backbone.get_layer(f"transformer_layer_{i}"), f"model.layers.{i}."
-        layer._self_attention_layernorm.scale.assign(w[p + "input_layernorm.weight"])
-        layer._feedforward_layernorm.scale.assign(w[p + "post_attention_layernorm.weight"])
-        attention = layer._self_attention_layer
-        for dense, name in ((attention._query_dense, "q_proj"), (attention._key_dense, "k_proj"),
-                            (attention._value_dense, "v_proj"), (attention._output_dense, "o_proj")):
-            # keras-hub's own conversion from Hugging Face: transpose, then reshape to its einsum kernel.
-            dense.kernel.assign(np.reshape(w[p + f"self_attn.{name}.weight"].T, dense.kernel.shape))
-        layer._feedforward_gate_dense.kernel.assign(w[p + "mlp.gate_proj.weight"].T)
-        layer._feedforward_intermediate_dense.kernel.assign(w[p + "mlp.up_proj.weight"].T)
-        layer._feedforward_output_dense.kernel.assign(w[p + "mlp.down_proj.weight"].T)
-    return backbone
-
-
 def test_forward_matches_keras_hub_llama(smollm2):
     """Logits of a left-padded batch equal keras-hub's LlamaBackbone on the same float32 weights.
 
@@ -352,7 +325,8 @@ def test_forward_matches_keras_hub_llama(smollm2):
     and only real positions are compared. Tolerance: 1e-3 absolute on logits up to ~35 (seen:
     8e-5, float32 summation order).
     """
-    backbone = _keras_hub_llama(tfgen_gguf.read_gguf(SMOL))
+    converted = tfgen_gguf.read_gguf(SMOL)
+    backbone = keras_hub_backbone(converted.config, converted.weights)
     texts = PROMPTS + ["def f(x):\n    return x"]
     encoded = [smollm2.tokenize(t) for t in texts]
     left, left_mask = smollm2._left_pad(encoded)
@@ -494,3 +468,33 @@ def test_the_default_model_is_smollm2(smollm2, greedy_smol, monkeypatch, capsys,
     expected = [p + smollm2.decode(row[ids.shape[1]:]) for p, row in zip(PROMPTS, result.sequences)]
     assert out == expected[0] + "\n" + "-" * 40 + "\n" + expected[1] + "\n"
     assert seen == [None] and err == ""
+
+
+# -- export -----------------------------------------------------------------------------------------
+def test_graph_tokenizer_matches_the_python_one_on_smollm2(smollm2):
+    """keras-hub's in-graph BPE, after the in-graph digit split, gives the Python tokenizer's ids."""
+    import tensorflow as tf
+
+    from tfgen.export.graph_tokenizer import GraphTokenizer
+
+    graph = GraphTokenizer(smollm2.tokenizer)
+    assert graph.split_digits
+    texts = TEXTS + ["", "<|im_start|>user\nWhat is 6 * 7?<|im_end|>\n", "x12y 3.5e-10 ٣٤ ½"]
+    ids = tf.function(graph.encode)(tf.constant(texts))
+    for text, row in zip(texts, ids.to_list()):
+        assert row == smollm2.tokenize(text), text
+    decoded = tf.function(graph.decode)(ids).numpy()
+    assert [d.decode("utf-8") for d in decoded] == texts
+
+
+def test_tiny_llama_export_serves_the_engine_text(tiny_llama, tmp_path):
+    """The SavedModel tracks the Llama variables and runs the digit-splitting tokenizer in the graph;
+    the export's own fresh-process validation compares its greedy text with the engine's."""
+    from tfgen.export.serving_emulator import SessionModel
+
+    version = tfgen.export_saved_model(tiny_llama, str(tmp_path / "tiny-llama"), max_prompt_tokens=16,
+                                       max_new_tokens=8, strategies=("greedy",), batch_buckets=(2,),
+                                       prompt_buckets=(16,), progress=False)
+    prompts = ["The theory of relativity is", "Hello 123"]
+    out = SessionModel(version).run("serving_default", {"prompt": np.array([p.encode() for p in prompts], dtype=object)})
+    assert [t.decode("utf-8") for t in out["text"]] == tiny_llama.generate(prompts, max_new_tokens=8)
