@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
         row = dict(batch=batch, tfgen_ms=ours_ms, keras_hub_ms=theirs_ms, ratio=theirs_ms / ours_ms,
                    vs_roofline=ours_ms / roofline_ms)
         results["cases"].append(row)
-        print(f"{batch:>5} {ours_ms:>15.1f} {theirs_ms:>19.1f} {row['ratio']:>15.2f}x {row['vs_roofline']:>14.2f}x")
+        print(f"{batch:>5} {ours_ms:>15.1f} {theirs_ms:>19.1f} {row['ratio']:>15.2f}x "
+              f"{row['vs_roofline']:>14.2f}x")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

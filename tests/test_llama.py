@@ -113,7 +113,8 @@ def write_tiny_gguf(path, reader, arch="llama", seed=0, layers=2, hidden=64, hea
         p = f"model.layers.{i}."
         add(f"blk.{i}.attn_norm.weight", p + "input_layernorm.weight", [hidden], 0.1, lambda v: v + 1.0)
         hf[p + "input_layernorm.weight"] += 1.0
-        add(f"blk.{i}.ffn_norm.weight", p + "post_attention_layernorm.weight", [hidden], 0.1, lambda v: v + 1.0)
+        add(f"blk.{i}.ffn_norm.weight", p + "post_attention_layernorm.weight", [hidden], 0.1,
+            lambda v: v + 1.0)
         hf[p + "post_attention_layernorm.weight"] += 1.0
         add(f"blk.{i}.attn_q.weight", p + "self_attn.q_proj.weight", [heads * head_dim, hidden], 0.3,
             lambda v: llama_cpp_permute(v, heads))
@@ -265,7 +266,8 @@ def test_bad_files_name_the_file_and_leave_no_cache_entry(tmp_path, monkeypatch,
     _assert_fails(other, "'gpt2'", "llama")
 
     integer = tmp_path / "int-tensor.gguf"
-    write_tiny_gguf(integer, smol_reader, extra_tensor=("blk.0.attn_extra.weight", np.zeros([4, 4], np.int32)))
+    write_tiny_gguf(integer, smol_reader,
+                    extra_tensor=("blk.0.attn_extra.weight", np.zeros([4, 4], np.int32)))
     _assert_fails(integer, "blk.0.attn_extra.weight", "I32")
 
     _assert_fails(tmp_path / "missing.gguf", "does not exist")
@@ -376,7 +378,8 @@ def test_smollm2_knows_english(smollm2):
 def test_greedy_with_cache_equals_full_forward_passes(smollm2, greedy_smol):
     ids, mask, result = greedy_smol
     assert (result.num_generated == 12).all()
-    np.testing.assert_array_equal(result.sequences[:, ids.shape[1]:], greedy_without_cache(smollm2, ids, mask, 12))
+    np.testing.assert_array_equal(result.sequences[:, ids.shape[1]:],
+                                  greedy_without_cache(smollm2, ids, mask, 12))
 
 
 def test_greedy_continuation_is_english(smollm2, greedy_smol):
@@ -496,5 +499,6 @@ def test_tiny_llama_export_serves_the_engine_text(tiny_llama, tmp_path):
                                        max_new_tokens=8, strategies=("greedy",), batch_buckets=(2,),
                                        prompt_buckets=(16,), progress=False)
     prompts = ["The theory of relativity is", "Hello 123"]
-    out = SessionModel(version).run("serving_default", {"prompt": np.array([p.encode() for p in prompts], dtype=object)})
+    request = {"prompt": np.array([p.encode() for p in prompts], dtype=object)}
+    out = SessionModel(version).run("serving_default", request)
     assert [t.decode("utf-8") for t in out["text"]] == tiny_llama.generate(prompts, max_new_tokens=8)

@@ -211,7 +211,8 @@ def _convert(path: str) -> GGUFModel:
     )
     expected = {"token_embd.weight", "output_norm.weight"} | {
         f"blk.{i}.{part}.weight" for i in range(layers) for part in
-        ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
+        ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+         "ffn_down")}
     missing = sorted(expected - names)
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} tensors of a {layers}-block llama model "

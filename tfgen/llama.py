@@ -30,7 +30,7 @@ class _Block(tf.Module):
         def get(name):
             return weights.pop(prefix + name)
 
-        q, k, v = get("self_attn.q_proj.weight"), get("self_attn.k_proj.weight"), get("self_attn.v_proj.weight")
+        q, k, v = (get(f"self_attn.{name}_proj.weight") for name in "qkv")
         self.attn_norm = var(get("input_layernorm.weight"), "attn_norm")
         self.qkv = var(np.concatenate([q, k, v], axis=0).T, "qkv")  # [D, (H + 2 Hkv) * hd]
         self.o = var(get("self_attn.o_proj.weight").T, "o")  # [H * hd, D]
@@ -99,7 +99,8 @@ class Llama(CausalLM):
         self.bos_token_id = int(config.bos_token_id)
         self.pad_token_id = int(config.pad_token_id)
         exponents = np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim
-        self.inverse_frequencies = (1.0 / np.power(np.float32(config.rope_theta), exponents)).astype(np.float32)
+        self.inverse_frequencies = (1.0 / np.power(np.float32(config.rope_theta), exponents)).astype(
+            np.float32)  # [head_dim / 2], as transformers and keras-hub compute them in float32
 
     def variables(self):
         return list(self.model.variables)
