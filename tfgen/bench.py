@@ -70,6 +70,9 @@ def run(generator, new_tokens: int = 64, repeats: int = 3, prompt_lengths: int =
     results.update(bandwidth_gbs=bandwidth / 1e9, weight_mb=weight_bytes / 1e6, roofline_ms=roofline_ms)
     log(f"model {generator.name}: {generator.num_parameters:,} parameters, {weight_bytes / 1e6:.0f} MB fp32")
     log(f"matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s -> roofline {roofline_ms:.1f} ms/token at batch 1")
+    if with_hf and not hasattr(model, "generate"):
+        log(f"{generator.name} is not a transformers model: no Hugging Face side (see benchmarks/llama.py)")
+        with_hf = False
     hf_generate = tf.function(model.generate, jit_compile=True) if with_hf else None
     log(f"{'case':34s} {'tfgen ms/tok':>12s} {'HF ms/tok':>10s} {'HF/tfgen':>9s}")
     for case in cases:
