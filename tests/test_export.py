@@ -57,6 +57,18 @@ def test_layout_and_operator_files(exported):
         assert flag in serve
 
 
+def test_metadata_file_states_the_limits(exported, tiny):
+    with open(os.path.join(exported, serving_files.METADATA_FILE), encoding="utf-8") as handle:
+        metadata = json.load(handle)
+    assert metadata["model"] == tiny.name and metadata["random_weights"] is True
+    assert sorted(metadata["signatures"]) == ["beam", "generate", "generate_ids", "serving_default"]
+    assert (metadata["max_prompt_tokens"], metadata["max_new_tokens"]) == (MAX_PROMPT, MAX_NEW)
+    assert metadata["batch_buckets"] == [1, 4] and metadata["prompt_buckets"] == [MAX_PROMPT]
+    assert metadata["beam"] == {"num_beams": 2, "num_return_sequences": 2}
+    assert metadata["special_token_ids"]["eos"] == tiny.model.config.eos_token_id
+    assert "left-truncated" in metadata["prompt_policy"]
+
+
 def test_warmup_records_cover_every_signature_and_bucket(exported):
     from tfgen.export.serving_emulator import warmup_records
 

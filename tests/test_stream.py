@@ -122,6 +122,16 @@ def test_transformers_generation_config_sampling_and_beams(tiny):
         PROMPT, max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.5, early_stopping=True)
 
 
+def test_transformers_generation_config_prompt_counting_lengths_are_refused(tiny):
+    for config, name in ((transformers.GenerationConfig(max_length=40), "max_length"),
+                         (transformers.GenerationConfig(min_length=10, max_new_tokens=4), "min_length")):
+        with pytest.raises(ValueError, match=f"{name}=.*min_new_tokens|{name}=.*max_new_tokens"):
+            tiny.generate(PROMPT, config)
+    # transformers' default max_length (20) is its placeholder, not a request: tfgen's default applies.
+    assert tiny.generate(PROMPT, transformers.GenerationConfig(max_new_tokens=3)) == tiny.generate(
+        PROMPT, max_new_tokens=3)
+
+
 def test_transformers_generation_config_stop_strings(tiny):
     text = continuation(tiny, max_new_tokens=16)
     stop, expected = _stop_inside(text)

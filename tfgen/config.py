@@ -184,6 +184,13 @@ class GenerationConfig:
 
 def _from_transformers(config: Any, names: set) -> dict:
     raw = config.to_dict()
+    # max_length / min_length count the prompt too, so they cannot become per-row new-token limits
+    # without the prompt; a value other than transformers' default is refused, not silently ignored.
+    for total, new, default in (("max_length", "max_new_tokens", 20), ("min_length", "min_new_tokens", 0)):
+        if raw.get(new) is None and raw.get(total) not in (None, default):
+            raise ValueError(
+                f"transformers.GenerationConfig.{total}={raw[total]} counts the prompt tokens; tfgen limits "
+                f"new tokens only: set {new} instead")
     values = {k: v for k, v in raw.items() if k in names and v is not None}
     if isinstance(values.get("eos_token_id"), list):
         values["eos_token_id"] = values["eos_token_id"][0]

@@ -111,6 +111,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
         tf.saved_model.save(module, export_dir, signatures=signatures)
         requests = serving_files.warmup_requests(module)
         serving_files.write_warmup(export_dir, name, requests)
+        serving_files.write_metadata(export_dir, serving_files.export_metadata(module, generator, signatures))
         log(f"      {len(requests)} warmup requests ({time.perf_counter() - started:.1f} s)")
         if validate:
             log("[3/4] validating in a fresh process (TF Serving's loader, warmup replay, REST/gRPC forms) ...")

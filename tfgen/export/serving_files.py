@@ -1,6 +1,8 @@
 """The files a TF Serving operator needs: warmup records, model config, batching config, command line."""
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import shlex
 from typing import Dict, List, Sequence
@@ -8,6 +10,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+METADATA_FILE = os.path.join("assets.extra", "tfgen_export.json")
 
 
 def warmup_prompt(tokens: int) -> str:
@@ -107,6 +110,45 @@ def server_command(model_dir: str, gpu: bool = False) -> List[str]:
     if not gpu:
         command.append("--xla_cpu_compilation_enabled=true")
     return command
+
+
+def export_metadata(module, generator, signatures: Sequence[str]) -> Dict:
+    """What the export serves and its limits, for operators and clients (assets.extra/tfgen_export.json)."""
+    import tensorflow as tf
+
+    import tfgen
+
+    lm = module.lm
+    return {
+        "tfgen_version": tfgen.__version__,
+        "tensorflow_version": tf.__version__,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": generator.name,
+        "random_weights": bool(getattr(generator, "random_weights", False)),
+        "architecture": getattr(getattr(generator.model, "config", None), "model_type", None),
+        "vocab_size": lm.vocab_size,
+        "special_token_ids": {"bos": lm.bos_token_id, "eos": lm.eos_token_id, "pad": lm.pad_token_id},
+        "signatures": list(signatures),
+        "max_prompt_tokens": module.max_prompt_tokens,
+        "prompt_policy": "longer prompts are left-truncated to their last max_prompt_tokens tokens; "
+                         "an empty prompt starts from the BOS token",
+        "max_new_tokens": module.max_new_tokens,
+        "prompt_buckets": list(module.prompt_buckets),
+        "batch_buckets": list(module.batch_buckets),
+        "beam": {"num_beams": module.num_beams, "num_return_sequences": module.num_return_sequences}
+        if "beam" in signatures else None,
+        "xla": module.xla,
+    }
+
+
+def write_metadata(path: str, metadata: Dict) -> str:
+    """Write the export's metadata JSON into path/assets.extra/."""
+    target = os.path.join(path, METADATA_FILE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=2)
+        handle.write("\n")
+    return target
 
 
 def write_operator_files(model_dir: str, name: str, batch_buckets: Sequence[int]) -> List[str]:
