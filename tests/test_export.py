@@ -16,13 +16,20 @@ from tfgen.export import ExportError, serving_files
 MAX_PROMPT = 16
 MAX_NEW = 8
 EXPORT_ARGS = dict(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2,
-                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), progress=False)
+                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,))
+EXPORT_LOG = []  # what the module's export printed on stderr
 
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("saved_models")
-    version_dir = tfgen.export_saved_model(tiny, str(root / "tiny"), **EXPORT_ARGS)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        version_dir = tfgen.export_saved_model(tiny, str(root / "tiny"), progress=True, **EXPORT_ARGS)
+    EXPORT_LOG.append(stderr.getvalue())
     return version_dir
 
 
@@ -55,6 +62,17 @@ def test_layout_and_operator_files(exported):
     for flag in ("--xla_cpu_compilation_enabled=true", "--enable_batching=true", "--model_config_file=",
                  "--batching_parameters_file=", "--rest_api_port=8501"):
         assert flag in serve
+
+
+def test_progress_bar_and_step_lines(exported):
+    log = EXPORT_LOG[0]
+    for step in ("[1/4] tracing", "[2/4] saving", "[3/4] validating", "[4/4] moving", "exported "):
+        assert step in log
+    assert "[ok] warmup serving_default batch 4" in log  # the validator's checks, forwarded line by line
+    # tqdm's bar: "export tiny: 100%|...| n/n" once every step is done.
+    final = [part for part in log.replace("\r", "\n").splitlines() if part.startswith("export tiny:")][-1]
+    done, total = final.split("|")[2].split()[0].split("/")
+    assert "100%" in final and done == total and int(total) >= 4 + 2 + 1
 
 
 def test_metadata_file_states_the_limits(exported, tiny):

@@ -36,12 +36,36 @@ def next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _progress(enabled: bool):
-    """A step logger: prints `[i/n] step ... done (s)` lines to stderr (a bar for long steps)."""
-    def log(message):
+class _Progress:
+    """Step lines and a tqdm bar on stderr: one unit per traced signature, the save, the warmup
+    records, each validation check (the fresh process reports them one by one) and the move."""
+
+    def __init__(self, enabled: bool, name: str, total: int):
+        self.enabled = enabled
+        self.bar = None
         if enabled:
-            print(message, file=sys.stderr, flush=True)
-    return log
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"export {name}", unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+
+    def advance(self, units: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(units)
+
+    def validation_line(self, line: str) -> None:
+        """A line from the validator: each `[ok]`/`[FAIL]` check moves the bar."""
+        self.log(line)
+        if line.lstrip().startswith(("[ok]", "[FAIL]")) and self.bar is not None and self.bar.n < self.bar.total - 1:
+            self.advance()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def export_saved_model(generator, path: str, *, version: Optional[int] = None,
@@ -89,7 +113,11 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
     if os.path.exists(target) and not overwrite:
         raise ValueError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     name = os.path.basename(os.path.normpath(path))
-    log = _progress(progress)
+    signature_count = 2 + ("sample" in strategies) + ("beam" in strategies)
+    # Validation: load, op audit, warmup presence, one check per warmup request, the request forms.
+    warmup_count = len(batch_buckets) * len(prompt_buckets) * signature_count
+    progress_bar = _Progress(progress, name, signature_count + 2 + (warmup_count + 6 if validate else 0) + 1)
+    log = progress_bar.log
     os.makedirs(path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=path)
     try:
@@ -101,7 +129,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
             num_beams=num_beams, num_return_sequences=num_return_sequences,
             batch_buckets=batch_buckets, prompt_buckets=prompt_buckets, xla=xla)
         log("[1/4] tracing signatures ...")
-        signatures = module.signatures(strategies)
+        signatures = module.signatures(strategies, on_traced=lambda _: progress_bar.advance())
         module.exported_signatures = tuple(signatures)
         log(f"      {', '.join(signatures)} ({time.perf_counter() - started:.1f} s)")
         log("[2/4] saving the SavedModel ...")
@@ -109,14 +137,16 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
 
         export_dir = os.path.join(staging, "model")
         tf.saved_model.save(module, export_dir, signatures=signatures)
+        progress_bar.advance()
         requests = serving_files.warmup_requests(module)
         serving_files.write_warmup(export_dir, name, requests)
         serving_files.write_metadata(export_dir, serving_files.export_metadata(module, generator, signatures))
+        progress_bar.advance()
         log(f"      {len(requests)} warmup requests ({time.perf_counter() - started:.1f} s)")
         if validate:
             log("[3/4] validating in a fresh process (TF Serving's loader, warmup replay, REST/gRPC forms) ...")
             expected = _expected_outputs(generator, max_new_tokens)
-            report = run_validation(export_dir, expected=expected, log=log)
+            report = run_validation(export_dir, expected=expected, log=progress_bar.validation_line)
             if not report["ok"]:
                 failed = [c for c in report["checks"] if not c["ok"]]
                 raise ExportError("validation failed: " + "; ".join(
@@ -128,6 +158,8 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
             shutil.rmtree(target)
         os.rename(export_dir, target)
         serving_files.write_operator_files(path, name, batch_buckets)
+        if progress_bar.bar is not None:
+            progress_bar.advance(progress_bar.bar.total - progress_bar.bar.n)
         log(f"exported {target} ({time.perf_counter() - started:.1f} s)")
         return target
     except ExportError:
@@ -140,6 +172,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
         raise ExportError(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") \
             from error
     finally:
+        progress_bar.close()
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(path)
 

@@ -223,14 +223,17 @@ class GenerationModule(tf.Module):
             "num_tokens": out["num_generated"][:batch],
         }
 
-    def signatures(self, strategies: Sequence[str]) -> dict:
-        """Concrete functions for `tf.saved_model.save(signatures=...)`."""
+    def signatures(self, strategies: Sequence[str], on_traced=None) -> dict:
+        """Concrete functions for `tf.saved_model.save(signatures=...)`; `on_traced(name)` after each."""
         text = tf.TensorSpec([None], tf.string, name="prompt")
+        done = on_traced or (lambda name: None)
         sigs = {"serving_default": tf.function(self.greedy_text).get_concrete_function(text)}
+        done("serving_default")
         sigs["generate_ids"] = tf.function(self.generate_ids).get_concrete_function(
             tf.TensorSpec([None, None], tf.int32, name="input_ids"),
             tf.TensorSpec([None, None], tf.int32, name="attention_mask"),
         )
+        done("generate_ids")
         if "sample" in strategies:
             sigs["generate"] = tf.function(self.generate_text).get_concrete_function(
                 text,
@@ -242,6 +245,8 @@ class GenerationModule(tf.Module):
                 tf.TensorSpec([None], tf.float32, name="repetition_penalty"),
                 tf.TensorSpec([None], tf.int64, name="seed"),
             )
+            done("generate")
         if "beam" in strategies:
             sigs["beam"] = tf.function(self.beam_text).get_concrete_function(text)
+            done("beam")
         return sigs
