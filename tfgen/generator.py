@@ -10,7 +10,7 @@ from tfgen import inspect as _inspect
 from tfgen.config import GenerationConfig
 from tfgen.decoding.engine import Engine
 from tfgen.model import adapter_for, full_forward
-from tfgen.tokenizer import token_texts
+from tfgen.tokenizer import token_bytes, token_texts
 
 
 @dataclasses.dataclass
@@ -55,6 +55,8 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.lm = adapter_for(model)
         self.engine = Engine(self.lm, xla=xla)
+        self.engine.token_tables = self._token_tables
+        self._stop_tables = None
         self.name = getattr(model.config, "name_or_path", "") or model.config.model_type
         self.random_weights = False
 
@@ -255,6 +257,17 @@ class TextGenerator:
                 f"prompt of {longest} tokens + max_new_tokens={max_new} exceeds the model's context of "
                 f"{self.lm.max_positions} tokens; shorten the prompt or lower max_new_tokens"
             )
+
+    def _token_tables(self):
+        """Each token's bytes for the in-loop stop-string check (built on first use)."""
+        if self._stop_tables is None:
+            import tensorflow as tf
+
+            from tfgen.decoding import stops
+
+            table, lengths = stops.token_table(token_bytes(self.tokenizer, self.vocab_size))
+            self._stop_tables = (tf.constant(table), tf.constant(lengths))
+        return self._stop_tables
 
     def _run(self, ids, mask, config: GenerationConfig) -> dict:
         config.validate(batch_size=ids.shape[0], vocab_size=self.vocab_size)

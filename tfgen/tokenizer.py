@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 
 def gpt2_vocab_files() -> Tuple[str, str]:
@@ -58,3 +58,18 @@ def token_texts(tokenizer, ids: Sequence[int]) -> List[str]:
         else:
             texts.append(bytes(decoder[char] for char in symbol).decode("utf-8", errors="backslashreplace"))
     return texts
+
+
+def token_bytes(tokenizer, vocab_size: int) -> List[Optional[bytes]]:
+    """The bytes each token id adds to decoded text: b"" for special tokens (decoding skips them),
+    None where unknown (an id past the tokenizer's vocabulary, or a symbol that is not byte-level)."""
+    decoder = _byte_decoder()
+    special = set(tokenizer.all_special_ids)
+    symbols = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    out: List[Optional[bytes]] = [None] * vocab_size
+    for token_id, symbol in enumerate(symbols):
+        if token_id in special:
+            out[token_id] = b""
+        elif symbol is not None and all(char in decoder for char in symbol):
+            out[token_id] = bytes(decoder[char] for char in symbol)
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.config import GenerationConfig
-from tfgen.decoding import beam, sampling
+from tfgen.decoding import beam, sampling, stops
 from tfgen.model import xla_writes
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -58,6 +58,8 @@ class Engine:
         self.lm = lm
         self.xla = xla
         self.traces: Dict[tuple, int] = collections.Counter()
+        # Set by TextGenerator: () -> (token bytes [V, WIDTH], lengths [V]) tensors, for stop strings.
+        self.token_tables = None
         self._sample_fn = tf.function(self._sample_program, jit_compile=xla)
         self._beam_fn = tf.function(self._beam_program, jit_compile=xla)
 
@@ -66,7 +68,8 @@ class Engine:
         return sum(self.traces.values())
 
     def _sample_program(self, input_ids, attention_mask, params, num_steps):
-        self.traces[("sample",) + tuple(input_ids.shape) + (num_steps,)] += 1
+        strategy = "sample+stop" if "stop_bytes" in params else "sample"
+        self.traces[(strategy,) + tuple(input_ids.shape) + (num_steps,)] += 1
         with xla_writes(self.xla):
             return sampling.decode(self.lm, input_ids, attention_mask, params, num_steps)
 
@@ -129,6 +132,11 @@ class Engine:
             pad_token_id=tf.constant(pad, tf.int32),
             first_slot=tf.constant(padded_length - prompt_length, tf.int32),
         )
+        encoded = stops.encode(config.stop_strings) if config.num_beams == 1 else None
+        if encoded is not None and self.token_tables is not None:
+            token_bytes, token_lengths = self.token_tables()
+            params.update(stop_bytes=tf.constant(encoded[0]), stop_lengths=tf.constant(encoded[1]),
+                          token_bytes=token_bytes, token_lengths=token_lengths)
         return ids, mask, params, steps, n
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfgen.decoding import processors, random, search
+from tfgen.decoding import processors, random, search, stops
 
 
 def choose(logits, state, params, vocab_size):
@@ -46,6 +46,10 @@ def record(state, tokens, log_probs, params):
     step = state["step"]
     slot = state["prompt_length"] + step
     newly_done = tf.equal(tokens, params["eos_token_id"]) | (step + 1 >= params["max_new_tokens"])
+    if "stop_window" in state:  # stop strings given: a row also ends when one appears in its text
+        window = stops.append(state["stop_window"], tokens, params["token_bytes"], params["token_lengths"])
+        newly_done = newly_done | stops.matches(window, params["stop_bytes"], params["stop_lengths"])
+        state = dict(state, stop_window=window, length=tf.where(finished, state["length"], step + 1))
     return dict(
         state,
         tokens=search.write_column(state["tokens"], slot, tokens),
@@ -73,6 +77,8 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
         key_mask=key_mask,
         cache=cache,
     )
+    if "stop_bytes" in params:
+        state.update(stop_window=tf.fill([batch, stops.WIDTH], stops.UNKNOWN), length=tf.zeros([batch], tf.int32))
     tokens, log_probs = choose(logits, state, params, lm.vocab_size)
     return record(state, tokens, log_probs, params)
 
@@ -117,6 +123,8 @@ def decode(lm, input_ids, attention_mask, params, num_steps):
 def finish(state, params):
     new_tokens = state["tokens"][:, tf.shape(state["tokens"])[1] - tf.shape(state["log_probs"])[1]:]
     limit = tf.minimum(params["max_new_tokens"], state["step"])
+    if "length" in state:  # rows ended by a stop string: their later slots hold padding, not EOS
+        limit = tf.minimum(limit, state["length"])
     return dict(
         new_tokens=new_tokens,
         log_probs=state["log_probs"],

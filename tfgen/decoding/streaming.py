@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from tfgen.decoding import sampling
+from tfgen.decoding import sampling, stops
 from tfgen.model import xla_writes
 
 
@@ -42,6 +42,8 @@ def stream_ids(generator, ids, config) -> Iterator[int]:
         programs = engine.step_programs = StepPrograms(engine)
     padded, mask, params, steps, _ = engine.prepare(
         np.asarray([ids], np.int32), np.ones([1, len(ids)], np.int32), config)
+    # The stream watches the text for stop strings itself (and holds back what may become one).
+    params = {name: value for name, value in params.items() if name not in stops.PARAM_KEYS}
     state = programs._init(tf.constant(padded), tf.constant(mask), params, steps)
     limit = int(config.row_values("max_new_tokens", 1)[0])
     eos = int(params["eos_token_id"])
