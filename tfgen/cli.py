@@ -52,9 +52,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- shared options ---------------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser,
+                       default: str = "smollm2-135m (SmolLM2-135M-Instruct, offline)") -> None:
     parser.add_argument("--model", metavar="SPEC", default=None,
-                        help="smollm2-135m (the default: SmolLM2-135M-Instruct, offline), gguf:PATH "
+                        help=f"the model (default: {default}): smollm2-135m, gguf:PATH "
                              "(a Llama-architecture GGUF file), a save_pretrained directory, a hub id "
                              "(gpt2, distilgpt2, ...) or random:NAME (gpt2, distilgpt2, gpt2-medium, "
                              "gpt2-large, gpt2-xl, tiny)")

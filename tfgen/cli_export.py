@@ -96,7 +96,7 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-lengths", type=int, default=10,
                         help="prompt lengths for the compile-cost test (default 10; 0 skips it)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
-    _add_model_options(parser)
+    _add_model_options(parser, default="random:gpt2 (the GPT-2 124M config, compared with Hugging Face)")
 
 
 def bench(args: argparse.Namespace) -> int:
