@@ -78,7 +78,8 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
         cache=cache,
     )
     if "stop_bytes" in params:
-        state.update(stop_window=tf.fill([batch, stops.WIDTH], stops.UNKNOWN), length=tf.zeros([batch], tf.int32))
+        state.update(stop_window=tf.fill([batch, stops.WIDTH], stops.UNKNOWN),
+                     length=tf.zeros([batch], tf.int32))
     tokens, log_probs = choose(logits, state, params, lm.vocab_size)
     return record(state, tokens, log_probs, params)
 

@@ -74,7 +74,8 @@ def matches(window, stop_bytes, stop_lengths):
     offset = tf.range(width)[None, :]
     windows = tf.gather(window, tf.minimum(start + offset, width - 1), axis=1)  # [B, start, offset]
     equal = tf.equal(windows[:, None], stop_bytes[None, :, None, :])  # [B, S, start, offset]
-    lengths = stop_lengths[None, :, None, None]
-    whole = tf.reduce_all(equal | (offset[None, None] >= lengths), axis=-1)  # [B, S, start]
-    fits = (start[None, None, :, 0] + stop_lengths[None, :, None] <= width) & (stop_lengths[None, :, None] > 0)
+    past_end = offset[None, None] >= stop_lengths[None, :, None, None]
+    whole = tf.reduce_all(equal | past_end, axis=-1)  # [B, S, start]
+    lengths = stop_lengths[None, :, None]
+    fits = (start[None, None, :, 0] + lengths <= width) & (lengths > 0)
     return tf.reduce_any(whole & fits, axis=[1, 2])
