@@ -315,10 +315,14 @@ def test_cli_export_writes_next_version(tmp_path, capsys):
     args = ["export", "random:tiny", "--name", "cli", "--out", str(tmp_path), "--strategies", "greedy",
             "--max-prompt-tokens", "8", "--max-new-tokens", "4", "--batch-buckets", "1", "--no-validate", "--json"]
     assert main(args) == 0
-    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "[1/4] tracing" in captured.err  # progress on stderr by default
+    first = json.loads(captured.out.strip().splitlines()[-1])
     assert first["path"] == os.path.join(str(tmp_path), "cli", "1")
     assert "--xla_cpu_compilation_enabled=true" in first["serve"]
-    assert main(args) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"].endswith(os.path.join("cli", "2"))
+    assert main(args + ["--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["path"].endswith(os.path.join("cli", "2"))
+    assert "[1/4]" not in captured.err and "export cli" not in captured.err
     assert main(args[:-2] + ["--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err

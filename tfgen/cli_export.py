@@ -41,6 +41,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-xla", action="store_true", help="do not jit-compile the decoding loop")
     parser.add_argument("--no-validate", action="store_true", help="skip the fresh-process validation")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no step lines or progress bar on stderr (errors are still printed)")
     _add_model_options(parser)
 
 
@@ -58,7 +60,7 @@ def export(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
             num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
             batch_buckets=args.batch_buckets, prompt_buckets=args.prompt_buckets, xla=not args.no_xla,
-            overwrite=args.overwrite, validate=not args.no_validate)
+            overwrite=args.overwrite, validate=not args.no_validate, progress=not args.no_progress)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
