@@ -47,6 +47,21 @@ def matvec_bandwidth(megabytes: int = 256, repeats: int = 20) -> float:
     return rows * 4096 * 4 / best
 
 
+def _quiet_transformers(fn: Callable[[], int]) -> Callable[[], int]:
+    """fn with transformers' warnings off: tracing `generate` under XLA logs a spurious
+    "right-padding was detected" (its check runs on symbolic tensors; the prompts are not padded)."""
+    def quiet():
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return fn()
+        finally:
+            hf_logging.set_verbosity(level)
+    return quiet
+
+
 def _best_of(fn: Callable[[], int], repeats: int):
     """Run fn (returns tokens generated) `repeats` times; the fastest ms per token."""
     best = float("inf")
@@ -94,6 +109,7 @@ def run(generator, new_tokens: int = 64, repeats: int = 3, prompt_lengths: int =
             if hf_params.get("do_sample"):
                 hf_params["seed"] = [0, 0]
 
+            @_quiet_transformers
             def hf():
                 out = hf_generate(tf.constant(batch_ids), attention_mask=tf.constant(mask), **hf_params)
                 return int(out.shape[1] - batch_ids.shape[1])
@@ -133,9 +149,15 @@ def compile_costs(generator, hf_generate, count: int, log=print) -> dict:
         f"{out['tfgen_traces']} compilations")
     if hf_generate is not None:
         hf_cold = tf.function(generator.model.generate, jit_compile=True)
+
+        @_quiet_transformers
+        def every_length():
+            for length in lengths:
+                hf_cold(tf.fill([1, length], 318), max_new_tokens=8, pad_token_id=generator.lm.pad_token_id)
+            return 0
+
         start = time.perf_counter()
-        for length in lengths:
-            hf_cold(tf.fill([1, length], 318), max_new_tokens=8, pad_token_id=generator.lm.pad_token_id)
+        every_length()
         out["hf_s"] = time.perf_counter() - start
         out["hf_traces"] = hf_cold.experimental_get_tracing_count()
         log(f"{count} prompt lengths: HF {out['hf_s']:.1f} s, {out['hf_traces']} compilations")
