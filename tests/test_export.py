@@ -326,3 +326,28 @@ def test_cli_export_writes_next_version(tmp_path, capsys):
     assert "[1/4]" not in captured.err and "export cli" not in captured.err
     assert main(args[:-2] + ["--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_graph_module_inside_the_callers_own_tf_function(tiny):
+    module = tiny.graph_module(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, batch_buckets=(1, 4),
+                               prompt_buckets=(MAX_PROMPT,))
+    prompts = ["The theory of relativity is", "Hello, my name is", ""]
+
+    @tf.function
+    def complete(batch):
+        return module.greedy_text(batch)["text"]
+
+    assert _texts(complete(tf.constant(prompts))) == tiny.generate(prompts, max_new_tokens=MAX_NEW)
+    mapped = tf.data.Dataset.from_tensor_slices(prompts[:2]).batch(2).map(
+        lambda batch: module.greedy_text(batch)["completion"])
+    expected = tiny.generate(prompts[:2], max_new_tokens=MAX_NEW, return_full_text=False)
+    assert _texts(next(iter(mapped))) == expected
+    # Per-row parameters: row 0 greedy with 2 tokens, row 1 sampled with 5.
+    out = tf.function(module.generate_text)(
+        tf.constant(prompts[:2]), max_new_tokens=tf.constant([2, 5]), do_sample=tf.constant([False, True]),
+        temperature=tf.constant([1.0, 0.7]), top_k=tf.constant([0, 20]), top_p=tf.constant([1.0, 0.9]),
+        repetition_penalty=tf.constant([1.0, 1.0]), seed=tf.constant([0, 3], tf.int64))
+    assert _texts(out["completion"])[0] == tiny.generate(prompts[0], max_new_tokens=2, return_full_text=False)
+    assert out["num_tokens"].numpy().tolist()[1] <= 5
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.graph_module(max_new_tokens=0)

@@ -258,6 +258,21 @@ class TextGenerator:
                 f"{self.lm.max_positions} tokens; shorten the prompt or lower max_new_tokens"
             )
 
+    def graph_module(self, **options):
+        """Generation as TensorFlow functions on tensors, for use inside your own TF code.
+
+        Returns the `tf.Module` the exporter saves (`tfgen.export.graph_module`; options such as
+        max_prompt_tokens, max_new_tokens, batch_buckets as in `export_saved_model`). Example:
+
+            >>> module = gen.graph_module(max_new_tokens=32)
+            >>> @tf.function
+            ... def complete(prompts):
+            ...     return module.greedy_text(prompts)["completion"]
+        """
+        from tfgen.export import graph_module
+
+        return graph_module(self, **options)
+
     def _token_tables(self):
         """Each token's bytes for the in-loop stop-string check (built on first use)."""
         if self._stop_tables is None:

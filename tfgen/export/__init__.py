@@ -60,7 +60,8 @@ class _Progress:
     def validation_line(self, line: str) -> None:
         """A line from the validator: each `[ok]`/`[FAIL]` check moves the bar."""
         self.log(line)
-        if line.lstrip().startswith(("[ok]", "[FAIL]")) and self.bar is not None and self.bar.n < self.bar.total - 1:
+        checked = line.lstrip().startswith(("[ok]", "[FAIL]"))
+        if checked and self.bar is not None and self.bar.n < self.bar.total - 1:
             self.advance()
 
     def close(self) -> None:
@@ -225,10 +226,7 @@ def run_validation(path: str, expected: Optional[dict] = None, log=print, timeou
 def _check_arguments(generator, path, version, strategies, max_prompt_tokens, max_new_tokens, num_beams,
                      num_return_sequences, batch_buckets, prompt_buckets):
     from tfgen.config import _check_int
-    from tfgen.generator import TextGenerator
 
-    if not isinstance(generator, TextGenerator):
-        raise TypeError(f"generator must be a tfgen.TextGenerator, got {type(generator).__name__}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise TypeError("path must be a directory path")
     name = os.path.basename(os.path.normpath(str(path)))
@@ -236,6 +234,41 @@ def _check_arguments(generator, path, version, strategies, max_prompt_tokens, ma
         raise ValueError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     if version is not None:
         _check_int("version", version, low=1)
+    return _check_limits(generator, strategies, max_prompt_tokens, max_new_tokens, num_beams,
+                         num_return_sequences, batch_buckets, prompt_buckets)
+
+
+def graph_module(generator, *, max_prompt_tokens: int = 128, max_new_tokens: int = 64, num_beams: int = 4,
+                 num_return_sequences: int = 1, batch_buckets: Sequence[int] = (1, 8),
+                 prompt_buckets: Optional[Sequence[int]] = None, xla: bool = True):
+    """The exporter's `tf.Module` without saving it: generation as TensorFlow functions on tensors.
+
+    Its methods take and return tensors and are graph functions: call them inside the caller's
+    own `tf.function` (or a `tf.data` map, a Keras layer's call): `greedy_text(prompt)`,
+    `generate_text(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+    repetition_penalty, seed)` with one value per row, `beam_text(prompt)` and
+    `generate_ids(input_ids, attention_mask)`, each returning the dict of the SavedModel signature
+    of the same name (see the README's Signatures). The tokenizer runs in the graph and the
+    decoding is the engine's compiled loop; arguments as in `export_saved_model`.
+    """
+    from tfgen.export.module import GenerationModule
+
+    _, batch_buckets, prompt_buckets = _check_limits(
+        generator, DEFAULT_STRATEGIES, max_prompt_tokens, max_new_tokens, num_beams, num_return_sequences,
+        batch_buckets, prompt_buckets)
+    return GenerationModule(
+        generator, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, num_beams=num_beams,
+        num_return_sequences=num_return_sequences, batch_buckets=batch_buckets, prompt_buckets=prompt_buckets,
+        xla=xla)
+
+
+def _check_limits(generator, strategies, max_prompt_tokens, max_new_tokens, num_beams, num_return_sequences,
+                  batch_buckets, prompt_buckets):
+    from tfgen.config import _check_int
+    from tfgen.generator import TextGenerator
+
+    if not isinstance(generator, TextGenerator):
+        raise TypeError(f"generator must be a tfgen.TextGenerator, got {type(generator).__name__}")
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
     unknown = sorted(set(strategies) - set(DEFAULT_STRATEGIES))
