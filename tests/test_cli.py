@@ -239,3 +239,25 @@ def test_module_bad_argument_is_one_error_line():
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == ["error: top_k must be >= 0, got -1"]
+
+
+# -- bench -----------------------------------------------------------------------------------------
+def test_bench_runs_both_sides_and_reports_ratios(capsys, use_tiny):
+    status, out, _ = run(capsys, "bench", "--model", "random:tiny", "--new-tokens", "3", "--repeats", "1",
+                         "--prompt-lengths", "2", "--json")
+    assert status == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert [case["case"] for case in report["cases"]] == [
+        "greedy b1", "sample top-k 50 + top-p 0.95 b1", "greedy b8", "beam 4 b1"]
+    for case in report["cases"]:
+        assert case["tfgen_ms"] > 0 and case["hf_ms"] > 0
+        assert case["ratio"] == pytest.approx(case["hf_ms"] / case["tfgen_ms"])
+    bandwidth = report["bandwidth_gbs"] * 1e9
+    assert report["roofline_ms"] == pytest.approx(report["weight_mb"] * 1e6 / bandwidth * 1e3)
+    # Two new prompt lengths (3 and 7 tokens) share tfgen's 8-token bucket; HF compiles each.
+    assert report["compile"]["tfgen_traces"] == 1 and report["compile"]["hf_traces"] == 2
+
+
+def test_bench_rejects_bad_counts(capsys):
+    status, _, err = run(capsys, "bench", "--model", "random:tiny", "--repeats", "0")
+    assert status != 0 and err[-1].startswith("error:") and "--repeats" in err[-1]
