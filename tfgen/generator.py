@@ -54,9 +54,8 @@ class TextGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.lm = adapter_for(model)
-        self.engine = Engine(self.lm, xla=xla)
-        self.engine.token_tables = self._token_tables
         self._stop_tables = None
+        self.engine = Engine(self.lm, xla=xla, token_tables=self._token_tables)
         self.name = getattr(model.config, "name_or_path", "") or model.config.model_type
         self.random_weights = False
 

@@ -53,11 +53,19 @@ def token_texts(tokenizer, ids: Sequence[int]) -> List[str]:
     decoder = _byte_decoder()
     texts = []
     for token_id, symbol in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
-        if symbol is None or any(char not in decoder for char in symbol):  # not a byte-level symbol
+        data = _symbol_bytes(decoder, symbol)
+        if data is None:
             texts.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False))
         else:
-            texts.append(bytes(decoder[char] for char in symbol).decode("utf-8", errors="backslashreplace"))
+            texts.append(data.decode("utf-8", errors="backslashreplace"))
     return texts
+
+
+def _symbol_bytes(decoder: dict, symbol: Optional[str]) -> Optional[bytes]:
+    """A byte-level BPE symbol's bytes; None when it is not one (no symbol, or a char outside the map)."""
+    if symbol is None or any(char not in decoder for char in symbol):
+        return None
+    return bytes(decoder[char] for char in symbol)
 
 
 def token_bytes(tokenizer, vocab_size: int) -> List[Optional[bytes]]:
@@ -68,8 +76,5 @@ def token_bytes(tokenizer, vocab_size: int) -> List[Optional[bytes]]:
     symbols = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
     out: List[Optional[bytes]] = [None] * vocab_size
     for token_id, symbol in enumerate(symbols):
-        if token_id in special:
-            out[token_id] = b""
-        elif symbol is not None and all(char in decoder for char in symbol):
-            out[token_id] = bytes(decoder[char] for char in symbol)
+        out[token_id] = b"" if token_id in special else _symbol_bytes(decoder, symbol)
     return out

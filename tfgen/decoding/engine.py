@@ -48,18 +48,19 @@ class Engine:
     Args:
         lm: the model adapter.
         xla: compile with `jit_compile=True` (the default); False runs the same graph unfused.
+        token_tables: () -> (token bytes [V, WIDTH], lengths [V]) tensors (`decoding/stops.py`),
+            for ending rows at stop strings inside the loop; None leaves stop strings to the caller.
 
     Attributes:
         traces: how many times each (strategy, batch, prompt, steps[, beams, returns]) bucket was
             traced; `trace_count` is their sum.
     """
 
-    def __init__(self, lm, xla: bool = True):
+    def __init__(self, lm, xla: bool = True, token_tables=None):
         self.lm = lm
         self.xla = xla
+        self.token_tables = token_tables
         self.traces: Dict[tuple, int] = collections.Counter()
-        # Set by TextGenerator: () -> (token bytes [V, WIDTH], lengths [V]) tensors, for stop strings.
-        self.token_tables = None
         self._sample_fn = tf.function(self._sample_program, jit_compile=xla)
         self._beam_fn = tf.function(self._beam_program, jit_compile=xla)
 

@@ -26,7 +26,7 @@ def encode(stops: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     Strings longer than WIDTH bytes, or past the first MAX_STOPS, are left to the text cut; None
     when none is left.
     """
-    fitting = [s.encode("utf-8") for s in stops if 0 < len(s.encode("utf-8")) <= WIDTH][:MAX_STOPS]
+    fitting = [b for b in (s.encode("utf-8") for s in stops) if 0 < len(b) <= WIDTH][:MAX_STOPS]
     if not fitting:
         return None
     table = np.full([MAX_STOPS, WIDTH], UNKNOWN, np.int32)

@@ -41,7 +41,6 @@ class _Progress:
     records, each validation check (the fresh process reports them one by one) and the move."""
 
     def __init__(self, enabled: bool, name: str, total: int):
-        self.enabled = enabled
         self.bar = None
         if enabled:
             from tqdm import tqdm
@@ -63,6 +62,11 @@ class _Progress:
         checked = line.lstrip().startswith(("[ok]", "[FAIL]"))
         if checked and self.bar is not None and self.bar.n < self.bar.total - 1:
             self.advance()
+
+    def complete(self) -> None:
+        """Fill the bar (the validator may report fewer checks than estimated)."""
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -122,10 +126,8 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
     os.makedirs(path, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=path)
     try:
-        from tfgen.export.module import GenerationModule
-
         started = time.perf_counter()
-        module = GenerationModule(
+        module = graph_module(
             generator, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
             num_beams=num_beams, num_return_sequences=num_return_sequences,
             batch_buckets=batch_buckets, prompt_buckets=prompt_buckets, xla=xla)
@@ -159,8 +161,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
             shutil.rmtree(target)
         os.rename(export_dir, target)
         serving_files.write_operator_files(path, name, batch_buckets)
-        if progress_bar.bar is not None:
-            progress_bar.advance(progress_bar.bar.total - progress_bar.bar.n)
+        progress_bar.complete()
         log(f"exported {target} ({time.perf_counter() - started:.1f} s)")
         return target
     except ExportError:
