@@ -4,10 +4,13 @@ The decoding loop sees only the `CausalLM` interface below: `init_cache`, `forwa
 the prefill over the prompt and the one-token decoding step), the vocabulary size and the special
 ids. Nothing in the loop names an architecture.
 
-The cache of each layer is one key and one value tensor of shape [batch, heads, max_length,
-head_dim]. `forward` writes the new keys/values at slots [start, start + T) in place
-(`dynamic_update_slice` under XLA) and attends over all `max_length` slots with a mask, so every
-step of the loop has the same shapes and compiles once.
+The cache of each layer is one key and one value tensor of shape [batch * kv_heads, max_length,
+head_dim] (row b * kv_heads + h holds head h of sequence b). `forward` writes the new keys/values
+at slots [start, start + T) in place (`dynamic_update_slice` under XLA) and attends over all
+`max_length` slots with a mask, so every step of the loop has the same shapes and compiles once.
+Batch and heads share one axis so that a batch of one has no axis of size 1: XLA drops such axes
+with a reshape, and a reshaped cache can no longer be updated in place (it copied every layer's
+cache at every step).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import List, Tuple
 
 import tensorflow as tf
 
-Cache = List[tf.Tensor]  # [k_0, v_0, k_1, v_1, ...], each [batch, heads, max_length, head_dim]
+Cache = List[tf.Tensor]  # [k_0, v_0, k_1, v_1, ...], each [batch * kv_heads, max_length, head_dim]
 
 _MASK_VALUE = -1e9
 
@@ -37,20 +40,20 @@ def xla_writes(enabled: bool):
 
 
 def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-    """Write `update` [B, H, T, D] into `cache` [B, H, L, D] at slot `start`, in place under XLA."""
+    """Write `update` [R, T, D] into `cache` [R, L, D] at slot `start`, in place under XLA."""
     start = tf.cast(start, tf.int32)
     if _XLA_WRITES[0]:
         from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
         zero = tf.zeros([], tf.int32)
-        return dynamic_update_slice(cache, tf.cast(update, cache.dtype), tf.stack([zero, zero, start, zero]))
+        return dynamic_update_slice(cache, tf.cast(update, cache.dtype), tf.stack([zero, start, zero]))
     # Outside XLA (eager inspection, --no-xla exports) a scatter over the slot axis does the same.
-    length = tf.shape(update)[2]
+    length = tf.shape(update)[1]
     slots = start + tf.range(length)
     updated = tf.tensor_scatter_nd_update(
-        tf.transpose(cache, [2, 0, 1, 3]), slots[:, None], tf.transpose(update, [2, 0, 1, 3])
+        tf.transpose(cache, [1, 0, 2]), slots[:, None], tf.transpose(update, [1, 0, 2])
     )
-    return tf.transpose(updated, [1, 2, 0, 3])
+    return tf.transpose(updated, [1, 0, 2])
 
 
 def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int) -> tf.Tensor:
@@ -66,26 +69,28 @@ def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias):
     """Write k/v [B, Hkv, T, D] into the cache, then attend q [B, H, T, D] over all slots.
 
     With grouped-query attention (H = G * Hkv, Llama) query head h uses key/value head h // G:
-    the G query heads of a group are folded into the query axis, [B, Hkv, G * T, D], so the cache
+    the G query heads of a group are folded into the query axis, [B * Hkv, G * T, D], so the cache
     is read as it is, without repeating it G times. GPT-2 has G = 1.
 
-    Returns (output [B, H, T, D], cache_k, cache_v).
+    Returns (output [B, H, T, D], cache_k, cache_v); the caches are [B * Hkv, L, D].
     """
-    cache_k = write_slots(cache_k, k_new, start)
-    cache_v = write_slots(cache_v, v_new, start)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    heads, kv_heads = q.shape[1], cache_k.shape[1]
+    batch, length, dim = tf.shape(q)[0], tf.shape(q)[2], q.shape[-1]
+    heads, kv_heads = q.shape[1], k_new.shape[1]
     groups = heads // kv_heads
+    rows = batch * kv_heads
+    cache_k = write_slots(cache_k, tf.reshape(k_new, [rows, length, dim]), start)
+    cache_v = write_slots(cache_v, tf.reshape(v_new, [rows, length, dim]), start)
+    scale = 1.0 / math.sqrt(dim)
+    queries = groups * length
+    q = tf.reshape(q, [rows, queries, dim])
     if groups > 1:
-        batch, length, dim = tf.shape(q)[0], tf.shape(q)[2], q.shape[-1]
-        q = tf.reshape(q, [batch, kv_heads, groups * length, dim])
         bias = tf.tile(bias, [1, 1, groups, 1])  # [B, 1, G * T, L], row g * T + t is query t's
-    scores = tf.matmul(q, cache_k, transpose_b=True) * scale + bias  # [B, Hkv, G * T, L]
-    weights = tf.nn.softmax(scores, axis=-1)
-    out = tf.matmul(weights, cache_v)
-    if groups > 1:
-        out = tf.reshape(out, [batch, heads, length, dim])
-    return out, cache_k, cache_v
+    scores = tf.matmul(q, cache_k, transpose_b=True) * scale  # [B * Hkv, G * T, L]
+    slots = tf.shape(cache_k)[1]
+    scores = tf.reshape(scores, [batch, kv_heads, queries, slots]) + bias
+    weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [rows, queries, slots])
+    out = tf.matmul(weights, cache_v)  # [B * Hkv, G * T, D]
+    return tf.reshape(out, [batch, heads, length, dim]), cache_k, cache_v
 
 
 class CausalLM:
@@ -102,8 +107,20 @@ class CausalLM:
     dtype = tf.float32
 
     def init_cache(self, batch_size, max_length) -> Cache:
-        shape = [batch_size, self.num_kv_heads, max_length, self.head_dim]
+        shape = [batch_size * self.num_kv_heads, max_length, self.head_dim]
         return [tf.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)]
+
+    def gather_cache(self, cache: Cache, rows) -> Cache:
+        """The cache of batch rows `rows` [N] (int32), in that order (beam search's reordering)."""
+        rows = tf.cast(rows, tf.int32)
+        heads = tf.range(self.num_kv_heads)
+        index = tf.reshape(rows[:, None] * self.num_kv_heads + heads[None, :], [-1])
+        return [tf.gather(c, index, axis=0) for c in cache]
+
+    def repeat_cache(self, cache: Cache, count: int) -> Cache:
+        """Each batch row's cache `count` times in a row (row b becomes rows b * count ...)."""
+        batch = tf.shape(cache[0])[0] // self.num_kv_heads
+        return self.gather_cache(cache, tf.repeat(tf.range(batch), count))
 
     def forward(self, input_ids, positions, start, key_mask, cache, all_logits=False):
         """Run T tokens through the model, writing their keys/values at slots [start, start+T).

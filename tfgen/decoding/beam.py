@@ -116,7 +116,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps, num_beams):
         prompt_length=prompt_length,
         positions=tf.repeat(positions, num_beams, axis=0),
         key_mask=tf.repeat(key_mask, num_beams, axis=0),
-        cache=[tf.repeat(c, num_beams, axis=0) for c in cache],
+        cache=lm.repeat_cache(cache, num_beams),
         last=tf.zeros([batch * num_beams], tf.int32),
         source=tf.range(batch * num_beams),
     )
@@ -125,7 +125,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps, num_beams):
 
 def advance(lm, state, params, num_beams):
     """Reorder the cache to the surviving beams, feed their last tokens, take one beam step."""
-    cache = [tf.gather(c, state["source"], axis=0) for c in state["cache"]]
+    cache = lm.gather_cache(state["cache"], state["source"])
     slot = state["prompt_length"] + state["step"] - 1
     logits, cache, key_mask = search.feed(lm, state["last"], slot, state["positions"],
                                           tf.gather(state["key_mask"], state["source"]), cache)
