@@ -253,6 +253,7 @@ def test_bench_runs_both_sides_and_reports_ratios(capsys, use_tiny):
         assert case["tfgen_ms"] > 0 and case["hf_ms"] > 0
         assert case["ratio"] == pytest.approx(case["hf_ms"] / case["tfgen_ms"])
     bandwidth = report["bandwidth_gbs"] * 1e9
+    assert report["peak_bandwidth_gbs"] > 0
     assert report["roofline_ms"] == pytest.approx(report["weight_mb"] * 1e6 / bandwidth * 1e3)
     # Two new prompt lengths (3 and 7 tokens) share tfgen's 8-token bucket; HF compiles each.
     assert report["compile"]["tfgen_traces"] == 1 and report["compile"]["hf_traces"] == 2
