@@ -16,7 +16,7 @@ from tfgen.export import ExportError, serving_files
 MAX_PROMPT = 16
 MAX_NEW = 8
 EXPORT_ARGS = dict(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2,
-                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,))
+                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), strategies="greedy,sample,beam,stop")
 EXPORT_LOG = []  # what the module's export printed on stderr
 
 
@@ -79,7 +79,8 @@ def test_metadata_file_states_the_limits(exported, tiny):
     with open(os.path.join(exported, serving_files.METADATA_FILE), encoding="utf-8") as handle:
         metadata = json.load(handle)
     assert metadata["model"] == tiny.name and metadata["random_weights"] is True
-    assert sorted(metadata["signatures"]) == ["beam", "generate", "generate_ids", "serving_default"]
+    assert sorted(metadata["signatures"]) == ["beam", "generate", "generate_ids", "generate_stop", "serving_default"]
+    assert "8 stop strings" in metadata["stop"]["checked_in_loop"]
     assert (metadata["max_prompt_tokens"], metadata["max_new_tokens"]) == (MAX_PROMPT, MAX_NEW)
     assert metadata["batch_buckets"] == [1, 4] and metadata["prompt_buckets"] == [MAX_PROMPT]
     assert metadata["beam"] == {"num_beams": 2, "num_return_sequences": 2}
@@ -92,7 +93,8 @@ def test_warmup_records_cover_every_signature_and_bucket(exported):
 
     seen = {(r.model_spec.signature_name, r.inputs[next(iter(r.inputs))].tensor_shape.dim[0].size)
             for r in warmup_records(exported)}
-    assert seen == {(s, b) for s in ("serving_default", "generate", "generate_ids", "beam") for b in (1, 4)}
+    assert seen == {(s, b) for s in ("serving_default", "generate", "generate_ids", "beam", "generate_stop")
+                    for b in (1, 4)}
 
 
 def test_only_core_and_tensorflow_text_ops(served):
@@ -150,6 +152,37 @@ def test_generate_signature_mixed_rows(served, tiny):
         alone = tiny.generate(prompt, **params)
         assert _texts(out["text"])[row] == alone, (row, params)
         assert out["num_tokens"][row] <= inputs["max_new_tokens"][row]
+
+
+def _find_cut(text, stops):
+    """Independent reference: the text before the earliest occurrence of any non-empty stop string."""
+    positions = [text.find(s) for s in stops if s and s in text]
+    return text[:min(positions)] if positions else text
+
+
+def test_generate_stop_signature_cuts_and_ends_rows(served, tiny):
+    prompts = ["The theory of relativity is", "Once upon a time", "Hello", "Hi"]
+    # Stop strings taken from each row's own unstopped greedy continuation, so they do occur.
+    full = tiny.generate(prompts, max_new_tokens=MAX_NEW, return_full_text=False)
+    stop = [[full[0][3:6], ""], [full[1][-2:], "never-there"], ["", ""], ["x" * 40, full[3][:2]]]
+    batch = len(prompts)
+    inputs = dict(
+        prompt=np.array([p.encode() for p in prompts], dtype=object),
+        max_new_tokens=np.full([batch], MAX_NEW, np.int32), do_sample=np.zeros([batch], bool),
+        temperature=np.ones([batch], np.float32), top_k=np.zeros([batch], np.int32),
+        top_p=np.ones([batch], np.float32), repetition_penalty=np.ones([batch], np.float32),
+        seed=np.zeros([batch], np.int64),
+        stop=np.array([[s.encode() for s in row] for row in stop], dtype=object),
+    )
+    out = served.run("generate_stop", inputs)
+    completions = _texts(out["completion"])
+    for row, prompt in enumerate(prompts):
+        assert completions[row] == _find_cut(full[row], stop[row]), row
+        assert _texts(out["text"])[row] == prompt + completions[row]
+        # The row ended inside the loop exactly where the Python API ends it.
+        api = tiny.generate_ids([tiny.tokenize(prompt)], max_new_tokens=MAX_NEW, stop=[s for s in stop[row] if s])
+        assert out["num_tokens"][row] == api.num_generated[0], row
+    assert out["num_tokens"][0] < MAX_NEW  # "ended early" is visible in the counts
 
 
 def test_generate_signature_rejects_bad_parameters(served):

@@ -27,7 +27,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument("--strategies", default="greedy,sample,beam",
                         help="signatures to export besides serving_default/generate_ids: "
-                             "sample -> generate, beam -> beam (default: greedy,sample,beam)")
+                             "sample -> generate, beam -> beam, stop -> generate_stop (per-row stop "
+                             "strings) (default: greedy,sample,beam)")
     parser.add_argument("--max-prompt-tokens", type=int, default=128,
                         help="longer prompts keep their last N tokens (default 128)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the most new tokens per request (default 64)")

@@ -68,14 +68,57 @@ def append(window, tokens, token_bytes, token_lengths):
 
 
 def matches(window, stop_bytes, stop_lengths):
-    """bool [B]: whether any stop string's bytes occur inside the row's window."""
+    """bool [B]: whether any stop string's bytes occur inside the row's window.
+
+    The stop strings are one table for every row (bytes [S, WIDTH], lengths [S]) or one per row
+    (bytes [B, S, WIDTH], lengths [B, S]; the exported `generate_stop` signature).
+    """
     width = window.shape[1]
+    if stop_bytes.shape.rank == 2:
+        stop_bytes, stop_lengths = stop_bytes[None], stop_lengths[None]
     start = tf.range(width)[:, None]
     offset = tf.range(width)[None, :]
     windows = tf.gather(window, tf.minimum(start + offset, width - 1), axis=1)  # [B, start, offset]
-    equal = tf.equal(windows[:, None], stop_bytes[None, :, None, :])  # [B, S, start, offset]
-    past_end = offset[None, None] >= stop_lengths[None, :, None, None]
+    equal = tf.equal(windows[:, None], stop_bytes[:, :, None, :])  # [B, S, start, offset]
+    past_end = offset[None, None] >= stop_lengths[:, :, None, None]
     whole = tf.reduce_all(equal | past_end, axis=-1)  # [B, S, start]
-    lengths = stop_lengths[None, :, None]
+    lengths = stop_lengths[:, :, None]
     fits = (start[None, None, :, 0] + lengths <= width) & (lengths > 0)
     return tf.reduce_any(whole & fits, axis=[1, 2])
+
+
+def encode_graph(stop):
+    """`encode` in the graph, one table per row: stop strings [B, S] -> (bytes int32 [B, MAX_STOPS,
+    WIDTH], lengths int32 [B, MAX_STOPS]). Empty strings, strings over WIDTH bytes and columns
+    past MAX_STOPS get length 0: the loop ignores them (`cut` still applies every one)."""
+    stop = tf.convert_to_tensor(stop, tf.string)
+    columns = tf.shape(stop)[1]
+    stop = tf.pad(stop[:, :MAX_STOPS], [[0, 0], [0, tf.maximum(MAX_STOPS - columns, 0)]])
+    lengths = tf.strings.length(stop)  # bytes
+    padded = tf.strings.substr(tf.strings.join([stop, tf.fill(tf.shape(stop), "\0" * WIDTH)]), 0, WIDTH)
+    table = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int32)  # [B, MAX_STOPS, WIDTH]
+    lengths = tf.where(lengths <= WIDTH, lengths, 0)
+    return tf.reshape(table, [-1, MAX_STOPS, WIDTH]), tf.reshape(lengths, [-1, MAX_STOPS])
+
+
+def cut_graph(text, stop):
+    """Each text [B] cut at the earliest occurrence of any of its row's stop strings [B, S] (bytes,
+    as `TextGenerator.generate` cuts; empty stop strings are ignored)."""
+    text = tf.convert_to_tensor(text, tf.string)
+    stop = tf.convert_to_tensor(stop, tf.string)
+    pairs_text = tf.reshape(tf.repeat(text[:, None], tf.shape(stop)[1], axis=1), [-1])
+    pairs_stop = tf.reshape(stop, [-1])
+
+    def prefix_length(pair):
+        row_text, row_stop = pair
+
+        def before_stop():
+            pieces = tf.strings.split(tf.reshape(row_text, [1]), sep=row_stop, maxsplit=1).flat_values
+            return tf.strings.length(pieces[0])
+
+        return tf.cond(tf.strings.length(row_stop) > 0, before_stop, lambda: tf.strings.length(row_text))
+
+    lengths = tf.reshape(tf.map_fn(prefix_length, (pairs_text, pairs_stop), fn_output_signature=tf.int32),
+                         tf.shape(stop))
+    cut = tf.reduce_min(tf.concat([lengths, tf.strings.length(text)[:, None]], axis=1), axis=1)
+    return tf.strings.substr(text, tf.zeros_like(cut), cut)

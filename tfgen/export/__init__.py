@@ -86,7 +86,8 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
         path: the model directory, e.g. "saved_models/gpt2"; versions go inside it.
         version: the version number; default is the next integer.
         strategies: which decoding signatures to export besides greedy `serving_default` and
-            `generate_ids`: "sample" adds `generate` (per-row parameters), "beam" adds `beam`.
+            `generate_ids`: "sample" adds `generate` (per-row parameters), "beam" adds `beam`,
+            "stop" (not in the default) adds `generate_stop` (`generate` plus stop strings per row).
         max_prompt_tokens: longer prompts are left-truncated to their last max_prompt_tokens tokens.
         max_new_tokens: the most new tokens per request (and the default of serving_default).
         num_beams, num_return_sequences: of the `beam` signature.
@@ -118,7 +119,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
     if os.path.exists(target) and not overwrite:
         raise ValueError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     name = os.path.basename(os.path.normpath(path))
-    signature_count = 2 + ("sample" in strategies) + ("beam" in strategies)
+    signature_count = 2 + sum(name in strategies for name in ("sample", "beam", "stop"))
     # Validation: load, op audit, warmup presence, one check per warmup request, the request forms.
     warmup_count = len(batch_buckets) * len(prompt_buckets) * signature_count
     progress_bar = _Progress(progress, name, signature_count + 2 + (warmup_count + 6 if validate else 0) + 1)
@@ -272,9 +273,11 @@ def _check_limits(generator, strategies, max_prompt_tokens, max_new_tokens, num_
         raise TypeError(f"generator must be a tfgen.TextGenerator, got {type(generator).__name__}")
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
-    unknown = sorted(set(strategies) - set(DEFAULT_STRATEGIES))
+    from tfgen.export.module import STRATEGIES
+
+    unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown or not strategies:
-        raise ValueError(f"strategies must be a subset of {','.join(DEFAULT_STRATEGIES)}, got {strategies!r}")
+        raise ValueError(f"strategies must be a subset of {','.join(STRATEGIES)}, got {strategies!r}")
     _check_int("max_prompt_tokens", max_prompt_tokens, low=1)
     _check_int("max_new_tokens", max_new_tokens, low=1)
     _check_int("num_beams", num_beams, low=1)

@@ -12,11 +12,11 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfgen.decoding import beam, sampling
+from tfgen.decoding import beam, sampling, stops
 from tfgen.export.graph_tokenizer import GraphTokenizer
 from tfgen.model import xla_writes
 
-STRATEGIES = ("greedy", "sample", "beam")
+STRATEGIES = ("greedy", "sample", "beam", "stop")
 
 
 def _bucket(value, buckets):
@@ -64,6 +64,10 @@ class GenerationModule(tf.Module):
         self.batch_buckets = tuple(int(b) for b in batch_buckets)
         self.prompt_buckets = tuple(int(b) for b in prompt_buckets)
         self.xla = xla
+        # Each token's bytes for ending rows at stop strings inside the loop (`generate_stop`).
+        token_bytes, token_lengths = generator._token_tables()
+        self.token_bytes = tf.Variable(token_bytes, trainable=False, name="token_bytes")
+        self.token_lengths = tf.Variable(token_lengths, trainable=False, name="token_lengths")
         self._decode = tf.function(self._decode_program, jit_compile=xla)
         self._beam = tf.function(self._beam_program, jit_compile=xla)
 
@@ -147,16 +151,45 @@ class GenerationModule(tf.Module):
     def generate_text(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
                       repetition_penalty, seed):
         """The `generate` signature: per-row parameters, text out."""
+        return self._generate(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                              repetition_penalty, seed)
+
+    def generate_stop_text(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                           repetition_penalty, seed, stop):
+        """The `generate_stop` signature: `generate` plus stop strings [B, S] per row ("" = none).
+
+        A row ends inside the loop when one of its first MAX_STOPS stop strings (of up to WIDTH
+        bytes) appears in its text, and its text is cut before the earliest of all of them.
+        """
+        return self._generate(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                              repetition_penalty, seed, stop=stop)
+
+    def _generate(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+                  seed, stop=None):
         batch = tf.size(prompt)
-        with tf.control_dependencies(self._check(batch, max_new_tokens, do_sample, temperature, top_k,
-                                                 top_p, repetition_penalty)):
+        checks = self._check(batch, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+        if stop is not None:
+            checks.append(tf.debugging.assert_equal(tf.shape(stop)[0], batch,
+                                                    message="stop: one row of stop strings per prompt"))
+        with tf.control_dependencies(checks):
             ragged = self._tokenize(prompt)
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
         params = self._params(batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature,
                               top_k, top_p, repetition_penalty, seed)
+        if stop is not None:
+            stop_bytes, stop_lengths = stops.encode_graph(stop)
+            filler = padded_batch - batch
+            params.update(
+                stop_bytes=tf.pad(stop_bytes, [[0, filler], [0, 0], [0, 0]]),
+                stop_lengths=tf.pad(stop_lengths, [[0, filler], [0, 0]]),
+                token_bytes=tf.convert_to_tensor(self.token_bytes),
+                token_lengths=tf.convert_to_tensor(self.token_lengths),
+            )
         out = self._decode(ids, mask, params)
         new_tokens, num_generated = out["new_tokens"][:batch], out["num_generated"][:batch]
         completion = self._completion_text(new_tokens, num_generated)
+        if stop is not None:
+            completion = stops.cut_graph(completion, stop)
         return {
             "text": tf.strings.join([prompt, completion]),
             "completion": completion,
@@ -236,17 +269,25 @@ class GenerationModule(tf.Module):
         done("generate_ids")
         if "sample" in strategies:
             sigs["generate"] = tf.function(self.generate_text).get_concrete_function(
-                text,
-                tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
-                tf.TensorSpec([None], tf.bool, name="do_sample"),
-                tf.TensorSpec([None], tf.float32, name="temperature"),
-                tf.TensorSpec([None], tf.int32, name="top_k"),
-                tf.TensorSpec([None], tf.float32, name="top_p"),
-                tf.TensorSpec([None], tf.float32, name="repetition_penalty"),
-                tf.TensorSpec([None], tf.int64, name="seed"),
-            )
+                text, *self._per_row_specs())
             done("generate")
         if "beam" in strategies:
             sigs["beam"] = tf.function(self.beam_text).get_concrete_function(text)
             done("beam")
+        if "stop" in strategies:
+            sigs["generate_stop"] = tf.function(self.generate_stop_text).get_concrete_function(
+                text, *self._per_row_specs(), tf.TensorSpec([None, None], tf.string, name="stop"))
+            done("generate_stop")
         return sigs
+
+    @staticmethod
+    def _per_row_specs():
+        return (
+            tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([None], tf.bool, name="do_sample"),
+            tf.TensorSpec([None], tf.float32, name="temperature"),
+            tf.TensorSpec([None], tf.int32, name="top_k"),
+            tf.TensorSpec([None], tf.float32, name="top_p"),
+            tf.TensorSpec([None], tf.float32, name="repetition_penalty"),
+            tf.TensorSpec([None], tf.int64, name="seed"),
+        )

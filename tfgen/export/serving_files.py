@@ -30,17 +30,21 @@ def warmup_requests(module) -> List[Dict]:
             requests.append(dict(signature="generate_ids", inputs={
                 "input_ids": np.full([batch, tokens], 262, np.int32),
                 "attention_mask": np.ones([batch, tokens], np.int32)}))
+            per_row = dict(
+                prompt=prompts,
+                max_new_tokens=np.full([batch], 2, np.int32),
+                do_sample=np.arange(batch) % 2 == 0,
+                temperature=np.full([batch], 0.8, np.float32),
+                top_k=np.full([batch], 40, np.int32),
+                top_p=np.full([batch], 0.9, np.float32),
+                repetition_penalty=np.ones([batch], np.float32),
+                seed=np.arange(batch, dtype=np.int64),
+            )
             if "generate" in signatures:
-                requests.append(dict(signature="generate", inputs=dict(
-                    prompt=prompts,
-                    max_new_tokens=np.full([batch], 2, np.int32),
-                    do_sample=np.arange(batch) % 2 == 0,
-                    temperature=np.full([batch], 0.8, np.float32),
-                    top_k=np.full([batch], 40, np.int32),
-                    top_p=np.full([batch], 0.9, np.float32),
-                    repetition_penalty=np.ones([batch], np.float32),
-                    seed=np.arange(batch, dtype=np.int64),
-                )))
+                requests.append(dict(signature="generate", inputs=per_row))
+            if "generate_stop" in signatures:
+                stop = np.array([[b"\n\n", b"."]] * batch, dtype=object)
+                requests.append(dict(signature="generate_stop", inputs=dict(per_row, stop=stop)))
             if "beam" in signatures:
                 requests.append(dict(signature="beam", inputs={"prompt": prompts}))
     return requests
@@ -117,6 +121,7 @@ def export_metadata(module, generator, signatures: Sequence[str]) -> Dict:
     import tensorflow as tf
 
     import tfgen
+    from tfgen.decoding import stops
 
     lm = module.lm
     return {
@@ -137,6 +142,9 @@ def export_metadata(module, generator, signatures: Sequence[str]) -> Dict:
         "batch_buckets": list(module.batch_buckets),
         "beam": {"num_beams": module.num_beams, "num_return_sequences": module.num_return_sequences}
         if "beam" in signatures else None,
+        "stop": {"checked_in_loop": f"the first {stops.MAX_STOPS} stop strings of a row, of up to "
+                                    f"{stops.WIDTH} bytes each; the text is cut at any of them"}
+        if "generate_stop" in signatures else None,
         "xla": module.xla,
     }
 
