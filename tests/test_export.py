@@ -185,6 +185,17 @@ def test_generate_stop_signature_cuts_and_ends_rows(served, tiny):
     assert out["num_tokens"][0] < MAX_NEW  # "ended early" is visible in the counts
 
 
+def test_generate_stop_in_rest_row_form(served, tiny):
+    from tfgen.export.serving_emulator import rest_predict
+
+    full = tiny.generate("Once upon a time", max_new_tokens=MAX_NEW, return_full_text=False)
+    row = {"prompt": "Once upon a time", "max_new_tokens": MAX_NEW, "do_sample": False, "temperature": 1.0,
+           "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "stop": [full[2:4], "\n\n"]}
+    answer = rest_predict(served, {"signature_name": "generate_stop", "instances": [row, dict(row, stop=["", ""])]})
+    completions = [p["completion"] for p in answer["predictions"]]
+    assert completions == [_find_cut(full, row["stop"]), full]
+
+
 def test_generate_signature_rejects_bad_parameters(served):
     inputs = dict(
         prompt=np.array([b"Hi"], dtype=object), max_new_tokens=np.array([4], np.int32),
