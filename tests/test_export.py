@@ -207,6 +207,12 @@ def test_generate_signature_rejects_bad_parameters(served):
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens"):
         served.run("generate", dict(inputs, temperature=np.array([1.0], np.float32),
                                     max_new_tokens=np.array([MAX_NEW + 1], np.int32)))
+    # generate_stop: the same checks, and one row of stop strings per prompt.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
+        served.run("generate_stop", dict(inputs, stop=np.array([[b"."]], dtype=object)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="stop: one row of stop strings per prompt"):
+        served.run("generate_stop", dict(inputs, temperature=np.array([1.0], np.float32),
+                                         stop=np.array([[b"."], [b"!"]], dtype=object)))
 
 
 def test_beam_signature_matches_engine(served, tiny):

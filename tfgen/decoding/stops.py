@@ -90,7 +90,7 @@ def matches(window, stop_bytes, stop_lengths):
 def encode_graph(stop):
     """`encode` in the graph, one table per row: stop strings [B, S] -> (bytes int32 [B, MAX_STOPS,
     WIDTH], lengths int32 [B, MAX_STOPS]). Empty strings, strings over WIDTH bytes and columns
-    past MAX_STOPS get length 0: the loop ignores them (`cut` still applies every one)."""
+    past MAX_STOPS get length 0: the loop ignores them (`cut_graph` still applies every one)."""
     stop = tf.convert_to_tensor(stop, tf.string)
     columns = tf.shape(stop)[1]
     stop = tf.pad(stop[:, :MAX_STOPS], [[0, 0], [0, tf.maximum(MAX_STOPS - columns, 0)]])

@@ -119,7 +119,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
     if os.path.exists(target) and not overwrite:
         raise ValueError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     name = os.path.basename(os.path.normpath(path))
-    signature_count = 2 + sum(name in strategies for name in ("sample", "beam", "stop"))
+    signature_count = 2 + sum(strategy in strategies for strategy in ("sample", "beam", "stop"))
     # Validation: load, op audit, warmup presence, one check per warmup request, the request forms.
     warmup_count = len(batch_buckets) * len(prompt_buckets) * signature_count
     progress_bar = _Progress(progress, name, signature_count + 2 + (warmup_count + 6 if validate else 0) + 1)
