@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
@@ -42,8 +44,10 @@ def main(argv=None) -> dict:
 
     import tfgen
     from tfgen.bench import matvec_bandwidth
-    from tfgen.gguf import read_gguf
-    from tfgen.llama import keras_hub_backbone
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from references import keras_hub_backbone
+
+    from tfgen.models.gguf import read_gguf
     from tfgen.loading import packaged_gguf_path
 
     gen = tfgen.load("smollm2-135m")

@@ -24,15 +24,17 @@ _FRESH = r"""
 import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-import serving_emulator as se
-model = se.SessionModel(sys.argv[2])
+import serving_loader
+model = serving_loader.SessionModel(sys.argv[2])
 out = {}
 for batch in (1, 8):
     feed = {"prompt": np.array([sys.argv[3].encode()] * batch, dtype=object)}
     model.run("serving_default", feed)
     best = float("inf")
     for _ in range(int(sys.argv[4])):
-        start = time.perf_counter(); model.run("serving_default", feed); best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        model.run("serving_default", feed)
+        best = min(best, time.perf_counter() - start)
     out[batch] = best * 1000
 print(json.dumps(out))
 """
@@ -59,10 +61,10 @@ def main():
         path = tfgen.export_saved_model(generator, os.path.join(root, "bench"), strategies="greedy",
                                         max_prompt_tokens=32, max_new_tokens=args.new_tokens,
                                         batch_buckets=(1, 8), prompt_buckets=(32,))
-        from tfgen.export import serving_emulator
+        from tfgen.export.validation import LOADER_SCRIPT
 
         result = subprocess.run(
-            [sys.executable, "-c", _FRESH, os.path.dirname(serving_emulator.__file__), path, PROMPT,
+            [sys.executable, "-c", _FRESH, os.path.dirname(LOADER_SCRIPT), path, PROMPT,
              str(args.repeats)], capture_output=True, text=True, check=True)
         served_ms = {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
     print(f"{'batch':>5s} {'engine ms':>10s} {'export ms':>10s} {'export/engine':>14s}")

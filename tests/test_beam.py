@@ -131,6 +131,75 @@ def test_saved_model_handler(tiny, tiny_export, tmp_path):
     assert "num_beams" in reasons[5]
 
 
+def _fake_export(path, **metadata):
+    """A version directory holding only assets.extra/tfgen_export.json (what the handler reads
+    at construction; nothing here loads it)."""
+    from tfgen.export.serving_files import METADATA_FILE
+
+    target = path / METADATA_FILE
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(metadata), encoding="utf-8")
+    return str(path)
+
+
+def test_saved_model_handler_limits_from_export_metadata(tmp_path):
+    """Batch size and max_new_tokens come from tfgen_export.json (no batching_parameters.txt)."""
+    version = _fake_export(tmp_path / "m" / "1", max_new_tokens=4, batch_buckets=[1, 2],
+                           signatures=["serving_default", "generate_ids", "generate"])
+    handler = tfgen_beam.SavedModelHandler(version)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 2}
+    assert handler.max_new_tokens == 4
+    assert tfgen_beam.SavedModelHandler(version, max_batch_size=1).batch_elements_kwargs() == \
+        {"min_batch_size": 1, "max_batch_size": 1}
+    rows = [tfgen_beam.parse_row('{"prompt": "x", "max_new_tokens": 5}'),
+            tfgen_beam.parse_row('{"prompt": "x", "num_beams": 2}')]
+    out = handler.run_inference(rows, model=None)  # refused before the model is called
+    assert "max_new_tokens must be <= 4" in out[0]["error"] and "num_beams" in out[1]["error"]
+
+
+def test_saved_model_handler_without_export_metadata(tmp_path):
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"tfgen_export\.json.*[Rr]e-export"):
+        tfgen_beam.SavedModelHandler(str(version))
+    broken = _fake_export(tmp_path / "b" / "1")  # a JSON object without the limits
+    with pytest.raises(ValueError, match=r"tfgen_export\.json.*[Rr]e-export"):
+        tfgen_beam.SavedModelHandler(broken)
+    greedy_only = _fake_export(tmp_path / "g" / "1", max_new_tokens=4, batch_buckets=[1],
+                               signatures=["serving_default", "generate_ids"])
+    with pytest.raises(ValueError, match="no 'generate' signature"):
+        tfgen_beam.SavedModelHandler(greedy_only)
+
+
+def test_over_long_row_is_a_dead_letter_and_the_rest_run_in_one_call(tiny, monkeypatch):
+    """An over-long row is refused up front: the good rows of the batch still run as one
+    `complete` call (not one by one) and give what `generate` gives."""
+    calls = []
+    complete = tiny.complete
+
+    def counting(prompts, *args, **kwargs):
+        calls.append(list(prompts))
+        return complete(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny, "complete", counting)
+    good = [{"prompt": "Hello", "max_new_tokens": 3}, {"prompt": "The sky is", "max_new_tokens": 4},
+            {"prompt": "Once upon a time", "max_new_tokens": 2, "stop": ["zzz"]}]
+    lines = [json.dumps(good[0]), json.dumps({"prompt": "hello " * 1020, "max_new_tokens": 8}),
+             json.dumps(good[1])]
+    batch = [tfgen_beam.parse_row(line) for line in lines]
+    out = tfgen_beam.TFGenModelHandler("random:tiny", max_batch_size=4).run_inference(batch, tiny)
+    assert calls == [["Hello", "The sky is"]]
+    assert "exceeds the model's context" in out[1]["error"] and out[1]["line"] == lines[1]
+    for row, result in zip(good, (out[0], out[2])):
+        assert result["text"] == tiny.generate(row["prompt"], max_new_tokens=row["max_new_tokens"])
+    # A different stop list is a different call.
+    calls.clear()
+    out = tfgen_beam.TFGenModelHandler("random:tiny", max_batch_size=4).run_inference(
+        [tfgen_beam.parse_row(json.dumps(row)) for row in good], tiny)
+    assert sorted(calls) == [["Hello", "The sky is"], ["Once upon a time"]]
+    assert out[2]["text"] == tiny.generate("Once upon a time", max_new_tokens=2, stop=["zzz"])
+
+
 def test_parse_row():
     parse = tfgen_beam.parse_row
     assert parse("   ") is None

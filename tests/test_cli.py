@@ -1,8 +1,9 @@
 """The `tfgen` command line.
 
 Most tests call `tfgen.cli.main` in-process on the session's random:tiny model (its compiled
-programs are shared with the other tests); two run the real command in a subprocess. Generation
-uses one prompt bucket and one step bucket, so the whole file compiles few XLA programs.
+programs are shared with the other tests); a few run the real command or `import tfgen` in a
+fresh subprocess. Generation uses one prompt bucket and one step bucket, so the whole file
+compiles few XLA programs.
 """
 import io
 import json
@@ -262,3 +263,45 @@ def test_bench_runs_both_sides_and_reports_ratios(capsys, use_tiny):
 def test_bench_rejects_bad_counts(capsys):
     status, _, err = run(capsys, "bench", "--model", "random:tiny", "--repeats", "0")
     assert status != 0 and err[-1].startswith("error:") and "--repeats" in err[-1]
+
+
+# -- start-up cost --------------------------------------------------------------------------------
+def run_fresh(code):
+    """Run `code` in a new interpreter (this one has TensorFlow loaded); its stdout."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_imports_no_tensorflow():
+    """`tfgen --help` and every command's help build the parser only: no TensorFlow, answered at once."""
+    out = run_fresh(
+        "import contextlib, io, sys\n"
+        "from tfgen.cli import main\n"
+        "for argv in (['--help'], ['generate', '--help'], ['batch', '--help'], ['export', '--help'],\n"
+        "             ['validate', '--help'], ['bench', '--help'], ['inspect', 'next', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as text:\n"
+        "        assert main(argv) == 0, argv\n"
+        "    assert '--help' in text.getvalue(), argv\n"
+        "print(sorted(m for m in ('tensorflow', 'transformers', 'apache_beam') if m in sys.modules))\n")
+    assert out.split() == ["[]"]
+
+
+def test_import_tfgen_is_lazy():
+    """`import tfgen` imports no TensorFlow; the public names resolve when first used."""
+    out = run_fresh(
+        "import os, sys\n"
+        "import tfgen\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "assert os.environ['TF_USE_LEGACY_KERAS'] == '1'\n"
+        "assert tfgen.GenerationConfig.__module__ == 'tfgen.config'\n"
+        "assert tfgen.load.__module__ == 'tfgen.loading' and callable(tfgen.load)\n"
+        "assert sorted(tfgen.__all__) == sorted(['load', 'TextGenerator', 'GenerationConfig',\n"
+        "    'GenerationResult', 'Completion', 'export_saved_model', '__version__'])\n"
+        "try:\n"
+        "    tfgen.no_such_name\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+        "for name in tfgen.__all__:  # every name maps to a module that has it\n"
+        "    getattr(tfgen, name)\n")
+    assert out.split() == ["ok"]

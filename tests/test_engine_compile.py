@@ -3,7 +3,7 @@ parameter values inside the bucket."""
 import numpy as np
 
 import tfgen
-from tfgen.decoding.engine import PROMPT_BUCKETS, bucket
+from tfgen.decoding.params import PROMPT_BUCKETS, bucket
 
 PAD = 50256
 

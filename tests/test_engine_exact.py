@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfgen.decoding import search
-from tfgen.model import positions_from_mask, xla_writes
+from tfgen.decoding import steps as loop_steps
+from tfgen.models.base import positions_from_mask
 
 PAD = 50256  # GPT-2's EOS, used as the pad id of the `tiny` model's batches
 SMALL_PAD = 0  # the small-vocabulary model pads with a token that is not its EOS
@@ -328,11 +328,11 @@ def _reference_logits(gen, ids, mask):
 
 def _cached_logits(lm, ids, mask, steps, num_steps):
     """Prefill + one feed per step, as the decoding loops run them: logits [1 + steps, B, V]."""
-    logits, cache, key_mask, positions = search.prefill(lm, ids, mask, ids.shape[1] + num_steps)
+    logits, cache, key_mask, positions = loop_steps.prefill(lm, ids, mask, ids.shape[1] + num_steps)
     outputs = [logits]
     for step in range(steps.shape[1]):
         slot = ids.shape[1] + step
-        logits, cache, key_mask = search.feed(lm, steps[:, step], slot, positions, key_mask, cache)
+        logits, cache, key_mask = loop_steps.feed(lm, steps[:, step], slot, positions, key_mask, cache)
         positions = positions + 1
         outputs.append(logits)
     return tf.stack(outputs)
@@ -351,13 +351,14 @@ def test_cached_forward_equals_full_forward(tiny, xla):
     bucket_mask = np.pad(mask, [[0, 0], [3, 0]])
     steps = np.random.default_rng(0).integers(0, 50257, size=[2, 5]).astype(np.int32)
 
+    lm = tiny.lm.with_in_place_writes(xla)
+
     def run(ids, mask, steps):
-        return _cached_logits(tiny.lm, ids, mask, steps, num_steps=8)
+        return _cached_logits(lm, ids, mask, steps, num_steps=8)
 
     if xla:
         compiled = tf.function(run, jit_compile=True)
-        with xla_writes(True):
-            cached = compiled(tf.constant(bucket_ids), tf.constant(bucket_mask), tf.constant(steps)).numpy()
+        cached = compiled(tf.constant(bucket_ids), tf.constant(bucket_mask), tf.constant(steps)).numpy()
     else:
         cached = run(tf.constant(bucket_ids), tf.constant(bucket_mask), tf.constant(steps)).numpy()
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfgen.decoding import processors, random
-from tfgen.model import positions_from_mask
+from tfgen.decoding import noise, processors
+from tfgen.models.base import positions_from_mask
 
 PAD = 50256
 RELATIVITY = [464, 4583, 286, 44449, 318]  # "The theory of relativity is"
@@ -247,19 +247,19 @@ def test_gumbel_noise_is_finite():
     (seed 1, step 7, token 45139) hashes to the largest value; it used to round to 1.0 and give
     +inf noise, which won the argmax over any token, or NaN on a token top-k had removed.
     """
-    uniform = random.uniform(tf.constant([1, 2], tf.int64), tf.constant(7), 50257).numpy()
+    uniform = noise.uniform(tf.constant([1, 2], tf.int64), tf.constant(7), 50257).numpy()
     assert uniform[0, 45139] == uniform.max() >= 1.0 - 2.0 ** -23
     assert 0.0 < uniform.min() and uniform.max() < 1.0
-    assert np.isfinite(random.gumbel(tf.constant([1, 2], tf.int64), tf.constant(7), 50257).numpy()).all()
+    assert np.isfinite(noise.gumbel(tf.constant([1, 2], tf.int64), tf.constant(7), 50257).numpy()).all()
 
 
 def test_noise_depends_on_every_seed_bit_and_the_step():
     seeds = tf.constant([5, 5 + 2**40, 2**63 - 1, 6], tf.int64)
-    draws = random.uniform(seeds, tf.constant(0), 1000).numpy()
+    draws = noise.uniform(seeds, tf.constant(0), 1000).numpy()
     assert len({row.tobytes() for row in draws}) == 4
-    assert not np.array_equal(draws[0], random.uniform(seeds[:1], tf.constant(1), 1000).numpy()[0])
+    assert not np.array_equal(draws[0], noise.uniform(seeds[:1], tf.constant(1), 1000).numpy()[0])
     # A row's numbers do not depend on the other rows.
-    np.testing.assert_array_equal(draws[1], random.uniform(seeds[1:2], tf.constant(0), 1000).numpy()[0])
+    np.testing.assert_array_equal(draws[1], noise.uniform(seeds[1:2], tf.constant(0), 1000).numpy()[0])
 
 
 # -- seeds --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfgen
+from tfgen.decoding.params import left_pad
 from tfgen.export import ExportError, serving_files
 
 MAX_PROMPT = 16
@@ -36,7 +37,7 @@ def exported(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(exported):
     """The export loaded as TF Serving loads it (session-based loader), in this process."""
-    from tfgen.export.serving_emulator import SessionModel
+    from tfgen.export.serving_loader import SessionModel
 
     return SessionModel(exported)
 
@@ -53,8 +54,8 @@ def test_layout_and_operator_files(exported):
     assert sorted(n for n in os.listdir(model_dir) if not n.isdigit()) == [
         "batching_parameters.txt", "models.config", "serve.sh"]
     batching = open(os.path.join(model_dir, "batching_parameters.txt")).read()
-    assert [int(line.split(":")[1]) for line in batching.splitlines() if line.startswith("allowed_batch_sizes")] \
-        == [1, 4]
+    assert [int(line.split(":")[1]) for line in batching.splitlines()
+            if line.startswith("allowed_batch_sizes")] == [1, 4]
     assert "max_batch_size { value: 4 }" in batching
     config = open(os.path.join(model_dir, "models.config")).read()
     assert 'name: "tiny"' in config and os.path.abspath(model_dir) in config
@@ -79,7 +80,8 @@ def test_metadata_file_states_the_limits(exported, tiny):
     with open(os.path.join(exported, serving_files.METADATA_FILE), encoding="utf-8") as handle:
         metadata = json.load(handle)
     assert metadata["model"] == tiny.name and metadata["random_weights"] is True
-    assert sorted(metadata["signatures"]) == ["beam", "generate", "generate_ids", "generate_stop", "serving_default"]
+    assert sorted(metadata["signatures"]) == [
+        "beam", "generate", "generate_ids", "generate_stop", "serving_default"]
     assert "8 stop strings" in metadata["stop"]["checked_in_loop"]
     assert (metadata["max_prompt_tokens"], metadata["max_new_tokens"]) == (MAX_PROMPT, MAX_NEW)
     assert metadata["batch_buckets"] == [1, 4] and metadata["prompt_buckets"] == [MAX_PROMPT]
@@ -89,7 +91,7 @@ def test_metadata_file_states_the_limits(exported, tiny):
 
 
 def test_warmup_records_cover_every_signature_and_bucket(exported):
-    from tfgen.export.serving_emulator import warmup_records
+    from tfgen.export.serving_loader import warmup_records
 
     seen = {(r.model_spec.signature_name, r.inputs[next(iter(r.inputs))].tensor_shape.dim[0].size)
             for r in warmup_records(exported)}
@@ -98,7 +100,7 @@ def test_warmup_records_cover_every_signature_and_bucket(exported):
 
 
 def test_only_core_and_tensorflow_text_ops(served):
-    from tfgen.export.serving_emulator import audit_ops
+    from tfgen.export.serving_loader import audit_ops
 
     audit = audit_ops(served)
     assert audit["ok"], audit
@@ -180,18 +182,20 @@ def test_generate_stop_signature_cuts_and_ends_rows(served, tiny):
         assert completions[row] == _find_cut(full[row], stop[row]), row
         assert _texts(out["text"])[row] == prompt + completions[row]
         # The row ended inside the loop exactly where the Python API ends it.
-        api = tiny.generate_ids([tiny.tokenize(prompt)], max_new_tokens=MAX_NEW, stop=[s for s in stop[row] if s])
+        api = tiny.generate_ids([tiny.tokenize(prompt)], max_new_tokens=MAX_NEW,
+                                stop=[s for s in stop[row] if s])
         assert out["num_tokens"][row] == api.num_generated[0], row
     assert out["num_tokens"][0] < MAX_NEW  # "ended early" is visible in the counts
 
 
 def test_generate_stop_in_rest_row_form(served, tiny):
-    from tfgen.export.serving_emulator import rest_predict
+    from tfgen.export.serving_loader import rest_predict
 
     full = tiny.generate("Once upon a time", max_new_tokens=MAX_NEW, return_full_text=False)
     row = {"prompt": "Once upon a time", "max_new_tokens": MAX_NEW, "do_sample": False, "temperature": 1.0,
            "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "stop": [full[2:4], "\n\n"]}
-    answer = rest_predict(served, {"signature_name": "generate_stop", "instances": [row, dict(row, stop=["", ""])]})
+    answer = rest_predict(served, {"signature_name": "generate_stop",
+                                   "instances": [row, dict(row, stop=["", ""])]})
     completions = [p["completion"] for p in answer["predictions"]]
     assert completions == [_find_cut(full, row["stop"]), full]
 
@@ -221,13 +225,14 @@ def test_beam_signature_matches_engine(served, tiny):
     assert out["text"].shape == (2, 2) and out["scores"].shape == (2, 2)
     expected = tiny.generate(prompts, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2)
     assert _texts(out["text"]) == expected
-    ids, mask = tiny._left_pad([tiny.tokenize(p) for p in prompts])
+    ids, mask = left_pad([tiny.tokenize(p) for p in prompts], tiny.lm.pad_token_id)
     scores = tiny.generate_ids(ids, mask, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2).scores
     np.testing.assert_allclose(out["scores"].reshape(-1), scores, rtol=1e-4)
 
 
 def test_generate_ids_signature(served, tiny):
-    ids, mask = tiny._left_pad([tiny.tokenize("The theory of relativity is"), tiny.tokenize("Hi there")])
+    ids, mask = left_pad([tiny.tokenize("The theory of relativity is"), tiny.tokenize("Hi there")],
+                         tiny.lm.pad_token_id)
     out = served.run("generate_ids", {"input_ids": ids, "attention_mask": mask})
     ref = tiny.generate_ids(ids, mask, max_new_tokens=MAX_NEW)
     width = ref.sequences.shape[1]
@@ -270,7 +275,7 @@ def test_rest_and_grpc_clients_against_local_server(exported, tiny):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from tfgen.export.serving_emulator import serve
+    from serving_server import serve
 
     rest_port, grpc_port = _free_port(), _free_port()
     http_server, grpc_server = serve(exported, "tiny", rest_port=rest_port, grpc_port=grpc_port)
@@ -285,7 +290,8 @@ def test_rest_and_grpc_clients_against_local_server(exported, tiny):
         expected = tiny.generate("The theory of relativity is", max_new_tokens=MAX_NEW)
         rows = post({"instances": ["The theory of relativity is"]})
         assert rows["predictions"][0]["text"] == expected
-        columns = post({"signature_name": "serving_default", "inputs": {"prompt": ["The theory of relativity is"]}})
+        columns = post({"signature_name": "serving_default",
+                        "inputs": {"prompt": ["The theory of relativity is"]}})
         assert columns["outputs"]["text"] == [expected]
         sampled = post({"signature_name": "generate", "instances": [
             {"prompt": "The theory of relativity is", "max_new_tokens": 5, "do_sample": True,
@@ -340,7 +346,7 @@ def test_interrupted_export_leaves_nothing(tiny, tmp_path, monkeypatch):
 
 
 def test_failed_validation_leaves_nothing(tiny, tmp_path, monkeypatch):
-    import tfgen.export as export
+    import tfgen.export.exporter as export
 
     monkeypatch.setattr(export, "run_validation", lambda *a, **k: {
         "ok": False, "checks": [{"check": "greedy text", "ok": False, "detail": "differs"}]})
@@ -363,7 +369,8 @@ def test_cli_export_writes_next_version(tmp_path, capsys):
     from tfgen.cli import main
 
     args = ["export", "random:tiny", "--name", "cli", "--out", str(tmp_path), "--strategies", "greedy",
-            "--max-prompt-tokens", "8", "--max-new-tokens", "4", "--batch-buckets", "1", "--no-validate", "--json"]
+            "--max-prompt-tokens", "8", "--max-new-tokens", "4", "--batch-buckets", "1", "--no-validate",
+            "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "[1/4] tracing" in captured.err  # progress on stderr by default

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import tfgen
-from tfgen import gguf as tfgen_gguf
-from tfgen.llama import keras_hub_backbone
+from references import keras_hub_backbone
+from tfgen.decoding.params import left_pad
 from tfgen.loading import packaged_gguf_path
-from tfgen.model import full_forward
+from tfgen.models import gguf as tfgen_gguf
+from tfgen.models.base import full_forward
 
 SMOL = packaged_gguf_path("smollm2-135m")
 PROMPTS = ["The theory of relativity is", "Once upon a time"]
@@ -51,7 +52,7 @@ def smol_reader():
 @pytest.fixture(scope="session")
 def greedy_smol(smollm2):
     """Greedy continuations of PROMPTS (batch 2, one compiled program), shared by several tests."""
-    ids, mask = smollm2._left_pad([smollm2.tokenize(p) for p in PROMPTS])
+    ids, mask = left_pad([smollm2.tokenize(p) for p in PROMPTS], smollm2.lm.pad_token_id)
     return ids, mask, smollm2.generate_ids(ids, mask, max_new_tokens=12)
 
 
@@ -331,7 +332,7 @@ def test_forward_matches_keras_hub_llama(smollm2):
     backbone = keras_hub_backbone(converted.config, converted.weights)
     texts = PROMPTS + ["def f(x):\n    return x"]
     encoded = [smollm2.tokenize(t) for t in texts]
-    left, left_mask = smollm2._left_pad(encoded)
+    left, left_mask = left_pad(encoded, smollm2.lm.pad_token_id)
     width = left.shape[1]
     right = np.full_like(left, smollm2.lm.pad_token_id)
     right_mask = np.zeros_like(left_mask)
@@ -402,7 +403,7 @@ def test_sampling_reuses_the_greedy_program_and_is_per_row(smollm2, greedy_smol)
 
 
 def test_tiny_llama_greedy_equals_full_forward(tiny_llama):
-    ids, mask = tiny_llama._left_pad([tiny_llama.tokenize(p) for p in PROMPTS + ["Hi"]])
+    ids, mask = left_pad([tiny_llama.tokenize(p) for p in PROMPTS + ["Hi"]], tiny_llama.lm.pad_token_id)
     result = tiny_llama.generate_ids(ids, mask, max_new_tokens=10)
     reference = greedy_without_cache(tiny_llama, ids, mask, 10)
     for row, count in enumerate(result.num_generated):  # up to EOS, where a row stops
@@ -493,7 +494,7 @@ def test_graph_tokenizer_matches_the_python_one_on_smollm2(smollm2):
 def test_tiny_llama_export_serves_the_engine_text(tiny_llama, tmp_path):
     """The SavedModel tracks the Llama variables and runs the digit-splitting tokenizer in the graph;
     the export's own fresh-process validation compares its greedy text with the engine's."""
-    from tfgen.export.serving_emulator import SessionModel
+    from tfgen.export.serving_loader import SessionModel
 
     version = tfgen.export_saved_model(tiny_llama, str(tmp_path / "tiny-llama"), max_prompt_tokens=16,
                                        max_new_tokens=8, strategies=("greedy",), batch_buckets=(2,),

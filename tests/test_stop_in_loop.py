@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfgen.decoding import stops
+from tfgen.decoding.params import left_pad
 
 PROMPT = "The theory of relativity is"
 
@@ -49,7 +50,7 @@ def _first_hit(tiny, tokens, stop):
 def test_rows_stop_decoding_at_the_stop_string(tiny, sampling):
     params = dict(max_new_tokens=24, do_sample=sampling, seed=11)
     prompts = [PROMPT, "Hello, my name is"]
-    ids, mask = tiny._left_pad([tiny.tokenize(p) for p in prompts])
+    ids, mask = left_pad([tiny.tokenize(p) for p in prompts], tiny.lm.pad_token_id)
     free = tiny.generate_ids(ids, mask, **params)
     row0 = free.sequences[0, ids.shape[1]:ids.shape[1] + free.num_generated[0]].tolist()
     text = tiny.tokenizer.decode(row0, skip_special_tokens=True)

@@ -1,9 +1,11 @@
 """Make sure TensorFlow runs with Keras 2 (tf-keras), which transformers' TF classes need.
 
 Imported first by ``tfgen/__init__.py``: the variable must be set before TensorFlow resolves
-``tf.keras``.
+``tf.keras``. Nothing here imports TensorFlow on import of tfgen, so `import tfgen` and
+`tfgen --help` stay fast; `tfgen.load` calls `import_tensorflow_quietly` when it needs TF.
 """
 import contextlib
+import functools
 import os
 import sys
 
@@ -16,22 +18,24 @@ _HOW_TO_FIX = (
 
 
 def ensure_legacy_keras() -> None:
-    """Set TF_USE_LEGACY_KERAS=1, or raise ImportError if TF already chose Keras 3."""
+    """Set TF_USE_LEGACY_KERAS=1, or raise ImportError if TF already chose Keras 3.
+
+    Also sets TF_CPP_MIN_LOG_LEVEL=2 unless the environment chose a level, so TensorFlow's C++
+    info and warning lines stay out of the output whoever imports it later.
+    """
     was_set = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    if "tensorflow" not in sys.modules:
-        _import_tensorflow_quietly()
-        return
-    if was_set:
-        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if was_set or "tensorflow" not in sys.modules:
+        return  # TensorFlow will read the variable when it is imported
     # TensorFlow is imported; tf.keras is resolved lazily on first use, so it may still pick Keras 2.
-    import tensorflow as tf
-
+    tf = sys.modules["tensorflow"]
     if not tf.keras.layers.Layer.__module__.startswith("tf_keras"):
         raise ImportError(_HOW_TO_FIX)
 
 
-def _import_tensorflow_quietly() -> None:
+@functools.lru_cache(maxsize=None)  # once per process: later calls are free
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow and find its devices without its native start-up chatter on stderr.
 
     TensorFlow's C++ libraries log (oneDNN notice, CUDA probing) before TF_CPP_MIN_LOG_LEVEL is

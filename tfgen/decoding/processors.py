@@ -31,17 +31,6 @@ def repetition_penalty(scores, seen, penalty):
     return tf.where(seen, scores * factor, scores)
 
 
-def mark_seen(seen, tokens):
-    """Set seen[b, tokens[b, ...]] = True. seen: bool [B, V]; tokens: int [B] or [B, T]."""
-    tokens = tf.cast(tokens, tf.int32)
-    if tokens.shape.rank == 1:
-        tokens = tokens[:, None]
-    batch = tf.shape(tokens)[0]
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
-    indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(tokens, [-1])], axis=-1)
-    return tf.tensor_scatter_nd_update(seen, indices, tf.ones([tf.shape(indices)[0]], tf.bool))
-
-
 def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
     """Forbid tokens that would repeat an n-gram already in tokens[:, first_slot:cur_len].
 

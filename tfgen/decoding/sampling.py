@@ -6,29 +6,29 @@ search does. Sampling is Gumbel-max over the warped scores, with noise keyed by 
 so a row's text depends only on its own seed.
 
 The loop is `init_state` (prefill, then choose the first token) followed by `advance` (feed the
-last token, choose the next) until every row finished; `decode` runs it all inside one program,
-`TextGenerator.stream` drives `advance` from Python.
+last token, choose the next) until every row finished; `loop` runs it all inside one program,
+`Engine.stream` drives `advance` from Python.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from tfgen.decoding import processors, random, search, stops
+from tfgen.decoding import noise, processors, steps, stops
 
 
 def choose(logits, state, params, vocab_size):
     """Process the logits and pick each row's next token; returns (tokens [B], log-probs [B])."""
     step = state["step"]
     cur_len = state["prompt_length"] + step
-    scores = search.apply_processors(logits, state["tokens"], cur_len, step, params, vocab_size)
-    sample = params["do_sample"]
+    scores = steps.apply_processors(logits, state["tokens"], cur_len, step, params, vocab_size)
+    sample = params.do_sample
 
     def warp_and_sample():
-        warped = processors.temperature(scores, tf.where(sample, params["temperature"], 1.0))
-        warped = processors.top_k(warped, tf.where(sample, params["top_k"], 0))
-        warped = processors.top_p(warped, tf.where(sample, params["top_p"], 1.0))
-        noise = random.gumbel(params["seed"], step, vocab_size)
-        noisy = tf.where(sample[:, None], warped + noise, warped)
+        warped = processors.temperature(scores, tf.where(sample, params.temperature, 1.0))
+        warped = processors.top_k(warped, tf.where(sample, params.top_k, 0))
+        warped = processors.top_p(warped, tf.where(sample, params.top_p, 1.0))
+        gumbel = noise.gumbel(params.seed, step, vocab_size)
+        noisy = tf.where(sample[:, None], warped + gumbel, warped)
         return warped, tf.argmax(noisy, axis=-1, output_type=tf.int32)
 
     def greedy():
@@ -42,18 +42,19 @@ def choose(logits, state, params, vocab_size):
 def record(state, tokens, log_probs, params):
     """Write the chosen tokens into the state and update which rows finished."""
     finished = state["finished"]
-    tokens = tf.where(finished, params["pad_token_id"], tokens)
+    tokens = tf.where(finished, params.pad_token_id, tokens)
     step = state["step"]
     slot = state["prompt_length"] + step
-    newly_done = tf.equal(tokens, params["eos_token_id"]) | (step + 1 >= params["max_new_tokens"])
-    if "stop_window" in state:  # stop strings given: a row also ends when one appears in its text
-        window = stops.append(state["stop_window"], tokens, params["token_bytes"], params["token_lengths"])
-        newly_done = newly_done | stops.matches(window, params["stop_bytes"], params["stop_lengths"])
+    newly_done = tf.equal(tokens, params.eos_token_id) | (step + 1 >= params.max_new_tokens)
+    if params.stops is not None:  # a row also ends when a stop string appears in its text
+        tables = params.stops
+        window = stops.append(state["stop_window"], tokens, tables.token_bytes, tables.token_lengths)
+        newly_done = newly_done | stops.matches(window, tables.stop_bytes, tables.stop_lengths)
         state = dict(state, stop_window=window, length=tf.where(finished, state["length"], step + 1))
     return dict(
         state,
-        tokens=search.write_column(state["tokens"], slot, tokens),
-        log_probs=search.write_column(state["log_probs"], step, tf.where(finished, 0.0, log_probs)),
+        tokens=steps.write_column(state["tokens"], slot, tokens),
+        log_probs=steps.write_column(state["log_probs"], step, tf.where(finished, 0.0, log_probs)),
         finished=finished | newly_done,
         last=tokens,
         step=step + 1,
@@ -64,10 +65,10 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
     """Prefill the cache with the prompt and choose the first token."""
     batch, prompt_length = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
     max_length = prompt_length + num_steps
-    logits, cache, key_mask, positions = search.prefill(lm, input_ids, attention_mask, max_length)
+    logits, cache, key_mask, positions = steps.prefill(lm, input_ids, attention_mask, max_length)
     state = dict(
         tokens=tf.pad(tf.cast(input_ids, tf.int32), [[0, 0], [0, num_steps]],
-                      constant_values=params["pad_token_id"]),
+                      constant_values=params.pad_token_id),
         log_probs=tf.zeros([batch, num_steps], tf.float32),
         finished=tf.zeros([batch], tf.bool),
         last=tf.zeros([batch], tf.int32),
@@ -77,7 +78,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
         key_mask=key_mask,
         cache=cache,
     )
-    if "stop_bytes" in params:
+    if params.stops is not None:
         state.update(stop_window=tf.fill([batch, stops.WIDTH], stops.UNKNOWN),
                      length=tf.zeros([batch], tf.int32))
     tokens, log_probs = choose(logits, state, params, lm.vocab_size)
@@ -87,7 +88,7 @@ def init_state(lm, input_ids, attention_mask, params, num_steps):
 def advance(lm, state, params):
     """Feed the last chosen token and choose the next."""
     slot = state["prompt_length"] + state["step"] - 1
-    logits, cache, key_mask = search.feed(
+    logits, cache, key_mask = steps.feed(
         lm, state["last"], slot, state["positions"], state["key_mask"], state["cache"]
     )
     state = dict(state, cache=cache, key_mask=key_mask, positions=state["positions"] + 1)
@@ -95,15 +96,13 @@ def advance(lm, state, params):
     return record(state, tokens, log_probs, params)
 
 
-def decode(lm, input_ids, attention_mask, params, num_steps):
+def loop(lm, input_ids, attention_mask, params, num_steps):
     """Generate up to `num_steps` tokens per row in one loop.
 
     Args:
-        lm: a `tfgen.model.CausalLM`.
+        lm: a `tfgen.models.base.CausalLM`.
         input_ids, attention_mask: int32 [B, P], left-padded.
-        params: dict of tensors, per row [B]: do_sample, temperature, top_k, top_p,
-            repetition_penalty, max_new_tokens, seed; scalars: min_new_tokens,
-            no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot.
+        params: a `tfgen.decoding.params.SamplingParams`.
         num_steps: static bound on new tokens (the cache holds P + num_steps slots).
 
     Returns:
@@ -111,9 +110,9 @@ def decode(lm, input_ids, attention_mask, params, num_steps):
         num_generated int32 [B].
     """
     state = init_state(lm, input_ids, attention_mask, params, num_steps)
-    steps = tf.minimum(tf.reduce_max(params["max_new_tokens"]), num_steps)
+    limit = tf.minimum(tf.reduce_max(params.max_new_tokens), num_steps)
     state = tf.while_loop(
-        lambda s: (s["step"] < steps) & ~tf.reduce_all(s["finished"]),
+        lambda s: (s["step"] < limit) & ~tf.reduce_all(s["finished"]),
         lambda s: [advance(lm, s, params)],
         [state],
         maximum_iterations=num_steps - 1,
@@ -123,11 +122,11 @@ def decode(lm, input_ids, attention_mask, params, num_steps):
 
 def finish(state, params):
     new_tokens = state["tokens"][:, tf.shape(state["tokens"])[1] - tf.shape(state["log_probs"])[1]:]
-    limit = tf.minimum(params["max_new_tokens"], state["step"])
-    if "length" in state:  # rows ended by a stop string: their later slots hold padding, not EOS
+    limit = tf.minimum(params.max_new_tokens, state["step"])
+    if params.stops is not None:  # rows ended by a stop string: their later slots hold padding, not EOS
         limit = tf.minimum(limit, state["length"])
     return dict(
         new_tokens=new_tokens,
         log_probs=state["log_probs"],
-        num_generated=search.generated_lengths(new_tokens, params["eos_token_id"], limit),
+        num_generated=steps.generated_lengths(new_tokens, params.eos_token_id, limit),
     )

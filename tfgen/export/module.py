@@ -2,8 +2,8 @@
 
 Every signature is batch-major so TF Serving's batcher can merge requests. Inside the graph the
 prompts are tokenized, left-truncated to `max_prompt_tokens`, left-padded to a prompt bucket and
-the batch padded to a batch bucket; the decoding program (`tfgen.decoding.sampling.decode` or
-`beam.decode`, jit-compiled unless the export says otherwise) therefore sees a bounded set of
+the batch padded to a batch bucket; the decoding program (`tfgen.decoding.sampling.loop` or
+`beam_search.loop`, jit-compiled unless the export says otherwise) therefore sees a bounded set of
 shapes, each compiled once per server (and ahead of traffic by the warmup requests).
 """
 from __future__ import annotations
@@ -12,38 +12,11 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfgen.decoding import beam, sampling, stops
+from tfgen.config import ROW_FIELDS
+from tfgen.decoding import beam_search, params, sampling, stops
 from tfgen.export.graph_tokenizer import GraphTokenizer
-from tfgen.model import xla_writes
 
 STRATEGIES = ("greedy", "sample", "beam", "stop")
-
-
-def _bucket(value, buckets):
-    """Smallest bucket >= value; past the last bucket, round up to a multiple of it (graph op)."""
-    buckets = tf.constant(list(buckets), tf.int32)
-    index = tf.searchsorted(buckets, tf.reshape(value, [1]), side="left")[0]
-    last = buckets[-1]
-    over = (value + last - 1) // last * last
-    return tf.where(index < tf.size(buckets), tf.gather(buckets, tf.minimum(index, tf.size(buckets) - 1)), over)
-
-
-def _left_pad(ragged, length, batch, pad_id):
-    """Ragged int32 [n, None] -> (ids, mask) [batch, length], rows right-aligned.
-
-    Rows n..batch-1 (filler up to the batch bucket) copy row 0: a filler row that never ended
-    would keep beam search running after Hugging Face's would have stopped.
-    """
-    n = ragged.nrows(out_type=tf.int32)
-    ragged = tf.gather(ragged, tf.concat([tf.range(n), tf.zeros([batch - n], tf.int32)], 0))
-    lengths = tf.cast(ragged.row_lengths(), tf.int32)
-    flat = ragged.flat_values
-    starts = tf.concat([[0], tf.cumsum(lengths)[:-1]], 0)
-    column = tf.range(length)[None, :]
-    offset = column - (length - lengths[:, None])  # index inside the row; < 0 is padding
-    mask = offset >= 0
-    ids = tf.where(mask, tf.gather(flat, tf.maximum(starts[:, None] + offset, 0)), pad_id)
-    return ids, tf.cast(mask, tf.int32)
 
 
 class GenerationModule(tf.Module):
@@ -55,7 +28,7 @@ class GenerationModule(tf.Module):
                  xla: bool = True):
         super().__init__(name="tfgen")
         self.model = generator.model  # tracks the weights
-        self.lm = generator.lm
+        self.lm = generator.lm.with_in_place_writes(xla)
         self.tokenizer = GraphTokenizer(generator.tokenizer)
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.max_new_tokens = int(max_new_tokens)
@@ -65,21 +38,19 @@ class GenerationModule(tf.Module):
         self.prompt_buckets = tuple(int(b) for b in prompt_buckets)
         self.xla = xla
         # Each token's bytes for ending rows at stop strings inside the loop (`generate_stop`).
-        token_bytes, token_lengths = generator._token_tables()
+        token_bytes, token_lengths = generator.token_tables()
         self.token_bytes = tf.Variable(token_bytes, trainable=False, name="token_bytes")
         self.token_lengths = tf.Variable(token_lengths, trainable=False, name="token_lengths")
         self._decode = tf.function(self._decode_program, jit_compile=xla)
         self._beam = tf.function(self._beam_program, jit_compile=xla)
 
     # -- compiled cores (the engine's own loops) ------------------------------------------------
-    def _decode_program(self, ids, mask, params):
-        with xla_writes(self.xla):
-            return sampling.decode(self.lm, ids, mask, params, self.max_new_tokens)
+    def _decode_program(self, ids, mask, loop_params):
+        return sampling.loop(self.lm, ids, mask, loop_params, self.max_new_tokens)
 
-    def _beam_program(self, ids, mask, params):
-        with xla_writes(self.xla):
-            return beam.decode(self.lm, ids, mask, params, self.max_new_tokens, self.num_beams,
-                               self.num_return_sequences)
+    def _beam_program(self, ids, mask, loop_params):
+        return beam_search.loop(self.lm, ids, mask, loop_params, self.max_new_tokens, self.num_beams,
+                                self.num_return_sequences)
 
     # -- graph helpers --------------------------------------------------------------------------
     def _tokenize(self, prompt):
@@ -94,58 +65,20 @@ class GenerationModule(tf.Module):
     def _pad(self, ragged, batch):
         """Pad to the batch and prompt buckets; returns (ids, mask, padded batch, first slot)."""
         longest = tf.cast(tf.reduce_max(ragged.row_lengths()), tf.int32)
-        length = _bucket(longest, self.prompt_buckets)
-        padded_batch = _bucket(batch, self.batch_buckets)
-        ids, mask = _left_pad(ragged, length, padded_batch, self.lm.pad_token_id)
+        length = params.bucket_graph(longest, self.prompt_buckets)
+        padded_batch = params.bucket_graph(batch, self.batch_buckets)
+        ids, mask = params.left_pad_graph(ragged, length, padded_batch, self.lm.pad_token_id)
         return ids, mask, padded_batch, length - longest
 
-    def _params(self, batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature, top_k,
-                top_p, repetition_penalty, seed):
-        def rows(values, filler):
-            return tf.concat([values, tf.fill([padded_batch - batch], tf.cast(filler, values.dtype))], 0)
-
-        return dict(
-            do_sample=rows(do_sample, False),
-            temperature=rows(temperature, 1.0),
-            top_k=rows(top_k, 0),
-            top_p=rows(top_p, 1.0),
-            repetition_penalty=rows(repetition_penalty, 1.0),
-            max_new_tokens=rows(max_new_tokens, 1),
-            seed=rows(seed, 0),
-            min_new_tokens=tf.constant(0),
-            no_repeat_ngram_size=tf.constant(0),
-            eos_token_id=tf.constant(self.lm.eos_token_id),
-            pad_token_id=tf.constant(self.lm.pad_token_id),
-            first_slot=first_slot,
-        )
+    def _sampling_params(self, rows, padded_batch, first_slot, stop_tables=None):
+        return params.sampling_params(rows, padded_batch, first_slot=first_slot, stops=stop_tables,
+                                      eos_token_id=self.lm.eos_token_id, pad_token_id=self.lm.pad_token_id)
 
     def _completion_text(self, new_tokens, num_generated):
         """Detokenize the new tokens [N, T] up to num_generated, without the EOS token."""
         keep = (tf.range(tf.shape(new_tokens)[1])[None, :] < num_generated[:, None]) & \
             tf.not_equal(new_tokens, self.lm.eos_token_id)
         return self.tokenizer.decode(tf.ragged.boolean_mask(new_tokens, keep))
-
-    def _check(self, batch, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty):
-        limit = self.max_new_tokens
-        checks = [
-            tf.debugging.assert_equal(tf.size(max_new_tokens), batch,
-                                      message="every per-row input needs one value per prompt"),
-            tf.debugging.assert_equal(tf.size(temperature), batch, message="temperature: one value per prompt"),
-            tf.debugging.assert_equal(tf.size(top_k), batch, message="top_k: one value per prompt"),
-            tf.debugging.assert_equal(tf.size(top_p), batch, message="top_p: one value per prompt"),
-            tf.debugging.assert_equal(tf.size(do_sample), batch, message="do_sample: one value per prompt"),
-            tf.debugging.assert_equal(tf.size(repetition_penalty), batch,
-                                      message="repetition_penalty: one value per prompt"),
-            tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be >= 1"),
-            tf.debugging.assert_less_equal(max_new_tokens, limit,
-                                           message=f"max_new_tokens must be <= {limit} (the export's limit)"),
-            tf.debugging.Assert(tf.reduce_all(~do_sample | (temperature > 0.0)),
-                                ["temperature must be > 0 when do_sample is true"]),
-            tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0"),
-            tf.debugging.Assert(tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), ["top_p must be in (0, 1]"]),
-            tf.debugging.assert_greater(repetition_penalty, 0.0, message="repetition_penalty must be > 0"),
-        ]
-        return checks
 
     # -- signatures -----------------------------------------------------------------------------
     def generate_text(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
@@ -167,25 +100,26 @@ class GenerationModule(tf.Module):
     def _generate(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
                   seed, stop=None):
         batch = tf.size(prompt)
-        checks = self._check(batch, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty)
+        rows = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                    top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+        checks = params.check_rows_graph(rows, batch, self.max_new_tokens)
         if stop is not None:
             checks.append(tf.debugging.assert_equal(tf.shape(stop)[0], batch,
                                                     message="stop: one row of stop strings per prompt"))
         with tf.control_dependencies(checks):
             ragged = self._tokenize(prompt)
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
-        params = self._params(batch, padded_batch, first_slot, max_new_tokens, do_sample, temperature,
-                              top_k, top_p, repetition_penalty, seed)
+        stop_tables = None
         if stop is not None:
             stop_bytes, stop_lengths = stops.encode_graph(stop)
             filler = padded_batch - batch
-            params.update(
+            stop_tables = params.StopTables(
                 stop_bytes=tf.pad(stop_bytes, [[0, filler], [0, 0], [0, 0]]),
                 stop_lengths=tf.pad(stop_lengths, [[0, filler], [0, 0]]),
                 token_bytes=tf.convert_to_tensor(self.token_bytes),
                 token_lengths=tf.convert_to_tensor(self.token_lengths),
             )
-        out = self._decode(ids, mask, params)
+        out = self._decode(ids, mask, self._sampling_params(rows, padded_batch, first_slot, stop_tables))
         new_tokens, num_generated = out["new_tokens"][:batch], out["num_generated"][:batch]
         completion = self._completion_text(new_tokens, num_generated)
         if stop is not None:
@@ -199,35 +133,23 @@ class GenerationModule(tf.Module):
     def greedy_text(self, prompt):
         """The `serving_default` signature: greedy, the export's max_new_tokens."""
         batch = tf.size(prompt)
-        return self.generate_text(
-            prompt,
-            max_new_tokens=tf.fill([batch], self.max_new_tokens),
-            do_sample=tf.zeros([batch], tf.bool),
-            temperature=tf.ones([batch]),
-            top_k=tf.zeros([batch], tf.int32),
-            top_p=tf.ones([batch]),
-            repetition_penalty=tf.ones([batch]),
-            seed=tf.zeros([batch], tf.int64),
-        )
+        return self.generate_text(prompt, **self._greedy_rows(batch))
+
+    def _greedy_rows(self, batch):
+        """Per-row inputs of greedy decoding with the export's max_new_tokens, for `batch` prompts."""
+        neutral = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": 1.0, "top_k": 0,
+                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0}
+        return {field.name: tf.fill([batch], tf.constant(neutral[field.name], field.dtype))
+                for field in ROW_FIELDS}
 
     def beam_text(self, prompt):
         """The `beam` signature: the num_return_sequences best beams [B, R] and their scores."""
         batch = tf.size(prompt)
         ids, mask, padded_batch, first_slot = self._pad(self._tokenize(prompt), batch)
-        rows = padded_batch * self.num_beams
-        params = dict(
-            repetition_penalty=tf.ones([rows]),
-            max_new_tokens=tf.constant(self.max_new_tokens),
-            length_penalty=tf.constant(1.0),
-            early_stopping_true=tf.constant(False),
-            early_stopping_never=tf.constant(False),
-            min_new_tokens=tf.constant(0),
-            no_repeat_ngram_size=tf.constant(0),
-            eos_token_id=tf.constant(self.lm.eos_token_id),
-            pad_token_id=tf.constant(self.lm.pad_token_id),
-            first_slot=first_slot,
-        )
-        out = self._beam(ids, mask, params)
+        loop_params = params.beam_params(
+            tf.ones([padded_batch]), self.num_beams, max_new_tokens=self.max_new_tokens,
+            first_slot=first_slot, eos_token_id=self.lm.eos_token_id, pad_token_id=self.lm.pad_token_id)
+        out = self._beam(ids, mask, loop_params)
         count = batch * self.num_return_sequences
         completion = self._completion_text(out["new_tokens"][:count], out["num_generated"][:count])
         shape = [batch, self.num_return_sequences]
@@ -244,11 +166,8 @@ class GenerationModule(tf.Module):
         batch = tf.shape(input_ids)[0]
         ragged = tf.ragged.boolean_mask(input_ids, attention_mask > 0)[:, -self.max_prompt_tokens:]
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
-        ones = tf.ones([batch])
-        params = self._params(batch, padded_batch, first_slot, tf.fill([batch], self.max_new_tokens),
-                              tf.zeros([batch], tf.bool), ones, tf.zeros([batch], tf.int32), ones, ones,
-                              tf.zeros([batch], tf.int64))
-        out = self._decode(ids, mask, params)
+        loop_params = self._sampling_params(self._greedy_rows(batch), padded_batch, first_slot)
+        out = self._decode(ids, mask, loop_params)
         new_tokens = out["new_tokens"][:batch]
         return {
             "sequences": tf.concat([input_ids, new_tokens], axis=1),

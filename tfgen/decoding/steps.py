@@ -1,10 +1,10 @@
-"""Pieces both decoding loops share: prefill, the processors every strategy applies, lengths."""
+"""The steps every decoding loop shares: prefill, feed one token, the processors in order, lengths."""
 from __future__ import annotations
 
 import tensorflow as tf
 
 from tfgen.decoding import processors
-from tfgen.model import positions_from_mask
+from tfgen.models.base import positions_from_mask
 
 
 def prefill(lm, input_ids, attention_mask, max_length):
@@ -52,11 +52,11 @@ def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
         scores: float [B, V] (logits, or log-probabilities in beam search).
         tokens: int32 [B, L], the sequence buffer; cur_len: how many slots are filled.
         step: how many tokens have been generated.
-        params: dict with repetition_penalty [B], first_slot, no_repeat_ngram_size,
-            min_new_tokens, eos_token_id.
+        params: a `SamplingParams` or `BeamParams` (repetition_penalty [B], first_slot,
+            no_repeat_ngram_size, min_new_tokens, eos_token_id).
     """
-    penalty = params["repetition_penalty"]
-    first_slot = params["first_slot"]
+    penalty = params.repetition_penalty
+    first_slot = params.first_slot
     scores = tf.cond(
         tf.reduce_any(tf.not_equal(penalty, 1.0)),
         lambda: processors.repetition_penalty(
@@ -64,8 +64,8 @@ def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
         lambda: scores,
     )
     scores = processors.no_repeat_ngram(
-        scores, tokens, cur_len, params["no_repeat_ngram_size"], first_slot)
-    return processors.min_new_tokens(scores, step, params["min_new_tokens"], params["eos_token_id"])
+        scores, tokens, cur_len, params.no_repeat_ngram_size, first_slot)
+    return processors.min_new_tokens(scores, step, params.min_new_tokens, params.eos_token_id)
 
 
 def generated_lengths(new_tokens, eos_token_id, limit):

@@ -1,7 +1,7 @@
 """Looking inside a model: next-token distribution, hidden states, input embeddings, similarity.
 
 Each function takes a `TextGenerator` and runs the model's forward pass through the same adapter
-the decoding engine uses (`tfgen.model`), outside XLA (one prompt, no cache reuse).
+the decoding engine uses (`tfgen.models`), outside XLA (one prompt, no cache reuse).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import List, Tuple, Union
 
 import numpy as np
 
-from tfgen.model import full_forward
+from tfgen.models.base import full_forward
 from tfgen.tokenizer import token_texts
 
 

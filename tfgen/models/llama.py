@@ -4,7 +4,7 @@
 them instead of embedding 500 MB of constants, and SavedModel exports track them. `Llama` is
 the decoding engine's adapter: RMSNorm, rotary position embeddings (rotate-half, as in
 transformers and keras-hub), grouped-query attention over the same static cache as GPT-2
-(`tfgen.model.cached_attention`), a SwiGLU feed-forward, and tied input/output embeddings when
+(`tfgen.models.base.cached_attention`), a SwiGLU feed-forward, and tied input/output embeddings when
 the checkpoint has no separate output matrix.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from tfgen.gguf import LlamaConfig
-from tfgen.model import CausalLM, cached_attention, dense, merge_heads, split_heads
+from tfgen.models.base import CausalLM, cached_attention, dense, merge_heads, split_heads
+from tfgen.models.gguf import LlamaConfig
 
 
 class _Block(tf.Module):
@@ -41,15 +41,15 @@ class _Block(tf.Module):
 
 
 class LlamaWeights(tf.Module):
-    """A Llama-family model's weights as variables; `config` is its `tfgen.gguf.LlamaConfig`.
+    """A Llama-family model's weights as variables; `config` is its `tfgen.models.gguf.LlamaConfig`.
 
     Args:
         config: the hyperparameters.
-        weights: float32 arrays under Hugging Face's names (as `tfgen.gguf.read_gguf` returns
+        weights: float32 arrays under Hugging Face's names (as `tfgen.models.gguf.read_gguf` returns
             them); consumed (the dict is emptied) to keep peak memory down.
 
     Example:
-        >>> from tfgen.gguf import read_gguf
+        >>> from tfgen.models.gguf import read_gguf
         >>> gguf = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
         >>> weights = LlamaWeights(gguf.config, gguf.weights)
     """
@@ -128,7 +128,8 @@ class Llama(CausalLM):
         v = split_heads(v, self.num_kv_heads, self.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out, cache_k, cache_v = cached_attention(q, k, v, cache_k, cache_v, start, bias)
+        out, cache_k, cache_v = cached_attention(q, k, v, cache_k, cache_v, start, bias,
+                                                 self.in_place_writes)
         x = x + dense(merge_heads(out), block.o)
         h = rms_norm(x, block.ffn_norm, self.epsilon)
         gate, up = tf.split(dense(h, block.gate_up), 2, axis=-1)
@@ -140,38 +141,3 @@ class Llama(CausalLM):
     def logits(self, hidden):
         head = self.model.embed_tokens if self.model.lm_head is None else self.model.lm_head
         return tf.matmul(hidden, head, transpose_b=True)
-
-
-def keras_hub_backbone(config: LlamaConfig, weights: Dict[str, np.ndarray]):
-    """keras-hub's `LlamaBackbone` holding the same float32 weights (Hugging Face names), a reference.
-
-    The weight mapping is keras-hub's own conversion from transformers' Llama checkpoints
-    (`keras_hub/src/utils/transformers/convert_llama3.py`). Used by the tests and benchmarks.
-    """
-    import keras_hub
-
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=config.vocab_size, num_layers=config.num_hidden_layers,
-        num_query_heads=config.num_attention_heads, hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size, num_key_value_heads=config.num_key_value_heads,
-        rope_max_wavelength=config.rope_theta, layer_norm_epsilon=config.rms_norm_eps,
-        tie_word_embeddings=config.tie_word_embeddings, dtype="float32")
-    w = weights
-    backbone.get_layer("token_embedding").embeddings.assign(w["model.embed_tokens.weight"])
-    if not config.tie_word_embeddings:
-        backbone.get_layer("token_embedding").reverse_embeddings.assign(w["lm_head.weight"].T)
-    backbone.get_layer("sequence_output_layernorm").scale.assign(w["model.norm.weight"])
-    for i in range(config.num_hidden_layers):
-        layer, p = backbone.get_layer(f"transformer_layer_{i}"), f"model.layers.{i}."
-        layer._self_attention_layernorm.scale.assign(w[p + "input_layernorm.weight"])
-        layer._feedforward_layernorm.scale.assign(w[p + "post_attention_layernorm.weight"])
-        attention = layer._self_attention_layer
-        for dense_layer, name in ((attention._query_dense, "q_proj"), (attention._key_dense, "k_proj"),
-                                  (attention._value_dense, "v_proj"), (attention._output_dense, "o_proj")):
-            # transpose, then reshape to keras-hub's einsum kernel
-            kernel = w[p + f"self_attn.{name}.weight"].T
-            dense_layer.kernel.assign(np.reshape(kernel, dense_layer.kernel.shape))
-        layer._feedforward_gate_dense.kernel.assign(w[p + "mlp.gate_proj.weight"].T)
-        layer._feedforward_intermediate_dense.kernel.assign(w[p + "mlp.up_proj.weight"].T)
-        layer._feedforward_output_dense.kernel.assign(w[p + "mlp.down_proj.weight"].T)
-    return backbone

@@ -5,8 +5,8 @@ part with what TF ships: it loads the SavedModel with the session-based loader T
 (`tf.compat.v1.saved_model.loader.load`), with only tensorflow and tensorflow-text ops
 registered; audits the graph's ops; decodes REST bodies (row "instances" and columnar "inputs"
 forms) and gRPC `PredictRequest` protos into the signature's inputs the way TF Serving does; and
-replays the warmup records. It can also listen on localhost (REST on /v1/models/NAME:predict
-and gRPC PredictionService) so client code can be tried against an export.
+replays the warmup records. The tests' local server (tests/serving_server.py) answers REST and
+gRPC requests with `rest_predict` and `grpc_predict`.
 
 This file imports nothing from tfgen: `tfgen validate` runs it as a script in a fresh process.
 """
@@ -196,60 +196,6 @@ def warmup_records(path: str):
     return requests
 
 
-# -- the local server ---------------------------------------------------------------------------
-def serve(path: str, name: str, rest_port: int = 8501, grpc_port: int = 8500, host: str = "127.0.0.1"):
-    """Listen on localhost with TF Serving's REST and gRPC predict APIs. Returns (http, grpc) servers."""
-    import threading
-    from concurrent import futures
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    model = SessionModel(path)
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            prefix = f"/v1/models/{name}"
-            if not (self.path == prefix + ":predict" or self.path.startswith(prefix + "/versions/")):
-                return self._reply(404, {"error": f"unknown path {self.path}"})
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with lock:
-                    answer = rest_predict(model, body)
-                self._reply(200, answer)
-            except Exception as error:  # TF Serving answers errors as {"error": ...}
-                self._reply(400, {"error": str(error).splitlines()[0] if str(error) else repr(error)})
-
-        def _reply(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
-            try:
-                with lock:
-                    return grpc_predict(model, request)
-            except Exception as error:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error).splitlines()[0])
-
-    http_server = ThreadingHTTPServer((host, rest_port), Handler)
-    threading.Thread(target=http_server.serve_forever, daemon=True).start()
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), grpc_server)
-    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
-    grpc_server.start()
-    return http_server, grpc_server
-
-
 # -- validation ---------------------------------------------------------------------------------
 def validate(path: str, expected: dict = None, log=print) -> dict:
     """Check an export the way TF Serving would use it; returns a report with "ok"."""
@@ -318,8 +264,9 @@ def main(argv=None) -> int:
     try:
         report = validate(args.path, expected)
     except Exception as error:
-        report = {"path": args.path, "ok": False, "checks": [
-            {"check": "load", "ok": False, "detail": str(error).splitlines()[0] if str(error) else repr(error)}]}
+        detail = str(error).splitlines()[0] if str(error) else repr(error)
+        report = {"path": args.path, "ok": False,
+                  "checks": [{"check": "load", "ok": False, "detail": detail}]}
         print(f"  [FAIL] load: {report['checks'][0]['detail']}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:

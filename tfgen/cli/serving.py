@@ -1,13 +1,23 @@
-"""The `tfgen export`, `tfgen validate` and `tfgen bench` commands (registered in tfgen/cli.py)."""
+"""`tfgen export` and `tfgen validate`: SavedModels for TensorFlow Serving.
+
+Examples:
+    tfgen export gpt2 --name gpt2 --out saved_models
+    tfgen validate saved_models/gpt2/1
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from typing import List
+
+from tfgen.cli.options import add_model_options
 
 
-def _int_list(value: str):
+# -- export --------------------------------------------------------------------------------------
+def _int_list(value: str) -> List[int]:
+    """A comma-separated list of integers, e.g. --batch-buckets 1,8."""
     try:
         items = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -18,11 +28,11 @@ def _int_list(value: str):
 
 
 def export_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfgen.cli import _add_model_options
-
+    """Where the export goes, which signatures it has, and the shapes they are compiled for."""
     parser.add_argument("spec", nargs="?", default=None, metavar="SPEC",
                         help="model to export (as --model); default: the built-in model")
-    parser.add_argument("--name", required=True, help="model name: the directory under --out and TF Serving's name")
+    parser.add_argument("--name", required=True,
+                        help="model name: the directory under --out and TF Serving's name")
     parser.add_argument("--out", default="saved_models", help="export root (default: saved_models)")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument("--strategies", default="greedy,sample,beam",
@@ -31,7 +41,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
                              "strings) (default: greedy,sample,beam)")
     parser.add_argument("--max-prompt-tokens", type=int, default=128,
                         help="longer prompts keep their last N tokens (default 128)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="the most new tokens per request (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="the most new tokens per request (default 64)")
     parser.add_argument("--num-beams", type=int, default=4, help="beams of the beam signature (default 4)")
     parser.add_argument("--num-return-sequences", type=int, default=1,
                         help="texts the beam signature returns per prompt (default 1)")
@@ -44,10 +55,11 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--no-progress", action="store_true",
                         help="no step lines or progress bar on stderr (errors are still printed)")
-    _add_model_options(parser)
+    add_model_options(parser)
 
 
 def export(args: argparse.Namespace) -> int:
+    """Export, then print the version directory and the command that serves it."""
     import tfgen
     from tfgen.export import ExportError, serving_files
 
@@ -62,7 +74,7 @@ def export(args: argparse.Namespace) -> int:
             num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
             batch_buckets=args.batch_buckets, prompt_buckets=args.prompt_buckets, xla=not args.no_xla,
             overwrite=args.overwrite, validate=not args.no_validate, progress=not args.no_progress)
-    except ExportError as error:
+    except ExportError as error:  # the export's own failure (exit 1), not a usage error (2)
         print(f"error: {error}", file=sys.stderr)
         return 1
     command = " ".join(serving_files.server_command(os.path.abspath(model_dir)))
@@ -74,12 +86,14 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- validate ------------------------------------------------------------------------------------
 def validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="a version directory, e.g. saved_models/NAME/1")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def validate(args: argparse.Namespace) -> int:
+    """Run the fresh-process checks; exit 1 when any fails."""
     from tfgen.export import run_validation
 
     quiet = args.json
@@ -89,30 +103,3 @@ def validate(args: argparse.Namespace) -> int:
     else:
         print("validation " + ("passed" if report["ok"] else "FAILED"))
     return 0 if report["ok"] else 1
-
-
-def bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfgen.cli import _add_model_options
-
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case; the best counts (default 3)")
-    parser.add_argument("--prompt-lengths", type=int, default=10,
-                        help="prompt lengths for the compile-cost test (default 10; 0 skips it)")
-    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face reference")
-    _add_model_options(parser, default="random:gpt2 (the GPT-2 124M config, compared with Hugging Face)")
-
-
-def bench(args: argparse.Namespace) -> int:
-    import tfgen
-    from tfgen import bench as benchmark
-
-    for name in ("new_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    generator = tfgen.load(args.model if args.model else "random:gpt2")
-    results = benchmark.run(generator, new_tokens=args.new_tokens, repeats=args.repeats,
-                            prompt_lengths=args.prompt_lengths, with_hf=not args.no_hf,
-                            log=(lambda line: None) if args.json else print)
-    if args.json:
-        print(json.dumps(results))
-    return 0

@@ -1,8 +1,7 @@
-"""The `tfgen batch` command: JSON lines in, generated JSON lines out, as an Apache Beam pipeline.
+"""`tfgen batch`: JSON lines in, generated JSON lines out, as an Apache Beam pipeline.
 
-Registered in tfgen/cli.py. Flags `tfgen batch` does not know are Beam pipeline options
-(`--project`, `--region`, `--temp_location`, `--direct_num_workers`, ...) and go to
-`PipelineOptions` as they are.
+Flags `tfgen batch` does not know are Beam pipeline options (`--project`, `--region`,
+`--temp_location`, `--direct_num_workers`, ...) and go to `PipelineOptions` as they are.
 
 Examples:
     tfgen batch --input prompts.jsonl --output results.jsonl --model random:tiny --max-new-tokens 16
@@ -19,31 +18,11 @@ import os
 import sys
 import types
 
-_GENERATION_OPTIONS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                       "top_p", "repetition_penalty", "no_repeat_ngram_size", "length_penalty",
-                       "early_stopping", "num_return_sequences", "seed", "stop")
+from tfgen.cli.options import add_generation_options, add_model_options, generation_params
 
 
-def _keep_unknown_flags(parser: argparse.ArgumentParser) -> None:
-    """Collect the flags this subcommand does not know in `args.pipeline_args` instead of failing.
-
-    The top-level parser calls each subparser's parse_known_args and rejects what is left over;
-    returning nothing left over hands those flags to Beam.
-    """
-    known = parser.parse_known_args
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = known(args, namespace)
-        namespace.pipeline_args = list(getattr(namespace, "pipeline_args", None) or []) + extras
-        return namespace, []
-
-    parser.parse_known_args = types.MethodType(parse_known_args, parser)
-    parser.allow_abbrev = False  # --run must not stand for --runner, nor a Beam flag for one of ours
-
-
-def batch_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfgen.cli import _add_model_options
-
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Input, output, runner and model; the generation options are the defaults of rows."""
     parser.epilog = ("Input lines are JSON objects with 'prompt' and optional per-row parameters "
                      "(temperature, top_k, top_p, max_new_tokens, seed, ...; the options below are their "
                      "defaults) and any "
@@ -69,60 +48,36 @@ def batch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output files: 1 (default) writes exactly OUTPUT; 0 lets the runner choose")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-xla", action="store_true", help="run decoding without XLA compilation")
-    _add_model_options(parser)  # --model, --json (summary as JSON), --verbose
-    group = parser.add_argument_group(
-        "generation defaults for rows that do not set them (Hugging Face names)")
-    group.add_argument("--max-new-tokens", type=int, metavar="N", help="tokens to generate at most (20)")
-    group.add_argument("--min-new-tokens", type=int, metavar="N", help="no EOS before N tokens (0)")
-    group.add_argument("--num-beams", type=int, metavar="N", help="beam search with N beams (1: off)")
-    group.add_argument("--do-sample", action="store_const", const=True, help="sample instead of greedy")
-    group.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (1.0)")
-    group.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely (50; 0: off)")
-    group.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (1.0: off)")
-    group.add_argument("--repetition-penalty", type=float, metavar="R", help="1.0: off")
-    group.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="0: off")
-    group.add_argument("--length-penalty", type=float, metavar="X", help="beam score / length**X (1.0)")
-    group.add_argument("--early-stopping", choices=["true", "false", "never"], help="beam search stop rule")
-    group.add_argument("--num-return-sequences", type=int, metavar="N",
-                       help="outputs per prompt (1); above 1, text/completion/num_tokens are lists")
-    group.add_argument("--seed", type=int, metavar="S",
-                       help="seed for rows without one (default: a fresh one)")
-    group.add_argument("--stop", action="append", metavar="STR", help="end the text at STR (repeatable)")
+    add_model_options(parser)  # --model, --json (summary as JSON), --verbose
+    add_generation_options(
+        parser, "generation defaults for rows that do not set them (Hugging Face names)",
+        help_overrides={
+            "num_return_sequences": "outputs per prompt (1); above 1, text/completion/num_tokens are lists",
+            "seed": "seed for rows without one (default: a fresh one)",
+        })
     _keep_unknown_flags(parser)
 
 
-def _check_local_path(path: str, what: str) -> None:
-    if "://" in path or any(c in path for c in "*?["):
-        return  # remote or a glob: the runner checks it
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} {path!r} does not exist or is not a file")
+def _keep_unknown_flags(parser: argparse.ArgumentParser) -> None:
+    """Collect the flags this subcommand does not know in `args.pipeline_args` instead of failing.
+
+    The top-level parser calls each subparser's parse_known_args and rejects what is left over;
+    returning nothing left over hands those flags to Beam.
+    """
+    known = parser.parse_known_args
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = known(args, namespace)
+        namespace.pipeline_args = list(getattr(namespace, "pipeline_args", None) or []) + extras
+        return namespace, []
+
+    parser.parse_known_args = types.MethodType(parse_known_args, parser)
+    parser.allow_abbrev = False  # --run must not stand for --runner, nor a Beam flag for one of ours
 
 
-def _check_model(spec, saved_model) -> None:
-    from tfgen.loading import RANDOM_PRESETS
-
-    if spec is not None and saved_model is not None:
-        raise ValueError("give --model or --saved-model, not both")
-    if saved_model is not None:
-        if "://" not in saved_model and not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
-            raise ValueError(f"--saved-model {saved_model!r} is not a SavedModel directory "
-                             "(no saved_model.pb); "
-                             "give the version directory, e.g. saved_models/gpt2/1")
-    elif spec is not None and spec.startswith("random:") and spec[len("random:"):] not in RANDOM_PRESETS:
-        raise ValueError(f"unknown random model {spec[len('random:'):]!r}; choose one of: "
-                         f"{', '.join('random:' + n for n in RANDOM_PRESETS)}")
-    elif spec is not None and spec.startswith(("/", ".", "~")) and \
-            not os.path.isfile(os.path.join(os.path.expanduser(spec), "config.json")):
-        raise ValueError(f"model directory {spec!r} does not exist or has no config.json")
-
-
-def batch(args: argparse.Namespace) -> int:
-    from tfgen.config import GenerationConfig
-
-    params = {name: getattr(args, name) for name in _GENERATION_OPTIONS if getattr(args, name) is not None}
-    if "early_stopping" in params:
-        params["early_stopping"] = {"true": True, "false": False, "never": "never"}[params["early_stopping"]]
-    GenerationConfig(**params).validate()  # before any pipeline starts, so mistakes show at once
+def run(args: argparse.Namespace) -> int:
+    """Check the options, build the model handler, run the pipeline and print the counts."""
+    params = generation_params(args)  # before any pipeline starts, so mistakes show at once
     _check_local_path(args.input, "--input")
     _check_model(args.model, args.saved_model)
     if args.num_shards < 0:
@@ -169,3 +124,30 @@ def batch(args: argparse.Namespace) -> int:
               f"{counts['dead_letter']} dead letters -> {dead_letter}"
               + (f", blank lines skipped: {counts['blank']}" if counts["blank"] else ""))
     return 0
+
+
+def _check_local_path(path: str, what: str) -> None:
+    """A missing local input fails here, before the pipeline starts; remote paths and globs pass."""
+    if "://" in path or any(c in path for c in "*?["):
+        return  # remote or a glob: the runner checks it
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist or is not a file")
+
+
+def _check_model(spec, saved_model) -> None:
+    """Model mistakes the workers would otherwise each hit, reported once, before the pipeline."""
+    from tfgen.loading import RANDOM_PRESETS
+
+    if spec is not None and saved_model is not None:
+        raise ValueError("give --model or --saved-model, not both")
+    if saved_model is not None:
+        if "://" not in saved_model and not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
+            raise ValueError(f"--saved-model {saved_model!r} is not a SavedModel directory "
+                             "(no saved_model.pb); "
+                             "give the version directory, e.g. saved_models/gpt2/1")
+    elif spec is not None and spec.startswith("random:") and spec[len("random:"):] not in RANDOM_PRESETS:
+        raise ValueError(f"unknown random model {spec[len('random:'):]!r}; choose one of: "
+                         f"{', '.join('random:' + n for n in RANDOM_PRESETS)}")
+    elif spec is not None and spec.startswith(("/", ".", "~")) and \
+            not os.path.isfile(os.path.join(os.path.expanduser(spec), "config.json")):
+        raise ValueError(f"model directory {spec!r} does not exist or has no config.json")

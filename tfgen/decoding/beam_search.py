@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfgen.decoding import search
+from tfgen.decoding import steps
 
 _NEG = -1.0e9
 
@@ -39,16 +39,16 @@ def select(logits, state, params, num_beams, vocab_size):
     running = state["running"]  # [B, K, L]
     batch = tf.shape(running)[0]
     log_probs = tf.nn.log_softmax(logits, axis=-1)
-    log_probs = search.apply_processors(log_probs, _flat(running), cur_len, state["step"], params, vocab_size)
+    log_probs = steps.apply_processors(log_probs, _flat(running), cur_len, state["step"], params, vocab_size)
     log_probs = _unflat(log_probs, num_beams) + state["running_scores"][:, :, None]
     log_probs = tf.reshape(log_probs, [batch, num_beams * vocab_size])
 
     topk_log_probs, topk_indices = tf.math.top_k(log_probs, k=2 * num_beams)
     topk_beams = topk_indices // vocab_size
     topk_ids = topk_indices % vocab_size
-    topk_sequences = search.write_column(_gather_beams(running, topk_beams), cur_len, topk_ids)
+    topk_sequences = steps.write_column(_gather_beams(running, topk_beams), cur_len, topk_ids)
 
-    eos_in_next = tf.equal(topk_ids, params["eos_token_id"])  # [B, 2K]
+    eos_in_next = tf.equal(topk_ids, params.eos_token_id)  # [B, 2K]
     in_first_half = tf.concat([tf.ones([num_beams], tf.bool), tf.zeros([num_beams], tf.bool)], 0)
     just_finished = eos_in_next & in_first_half[None, :]
 
@@ -58,9 +58,9 @@ def select(logits, state, params, num_beams, vocab_size):
     new_running_scores = _gather_beams(running_topk, next_running)
 
     generated = cur_len + 1 - state["prompt_length"]
-    finished_scores = topk_log_probs / _length_norm(generated, params["length_penalty"])
+    finished_scores = topk_log_probs / _length_norm(generated, params.length_penalty)
     finished = state["finished"]
-    batch_full = tf.reduce_all(finished, axis=-1, keepdims=True) & params["early_stopping_true"]
+    batch_full = tf.reduce_all(finished, axis=-1, keepdims=True) & params.early_stopping_true
     finished_scores += tf.cast(~just_finished | batch_full, tf.float32) * _NEG
 
     merged_sequences = tf.concat([state["sequences"], topk_sequences], axis=1)
@@ -85,15 +85,15 @@ def select(logits, state, params, num_beams, vocab_size):
 def keep_going(state, params):
     """Hugging Face's stop test: not at max length, a beam still open, improvement still possible."""
     step = state["step"]
-    penalty = params["length_penalty"]
-    max_new = params["max_new_tokens"]
-    horizon = tf.where(params["early_stopping_never"] & (penalty > 0.0), max_new, step)
+    penalty = params.length_penalty
+    max_new = params.max_new_tokens
+    horizon = tf.where(params.early_stopping_never & (penalty > 0.0), max_new, step)
     best_running = state["running_scores"][:, :1] / _length_norm(horizon, penalty)
     worst_finished = tf.where(
         state["finished"], tf.reduce_min(state["scores"], axis=1, keepdims=True), _NEG
     )
     improvement = tf.reduce_any(best_running > worst_finished)
-    open_beam = ~(tf.reduce_all(state["finished"]) & params["early_stopping_true"])
+    open_beam = ~(tf.reduce_all(state["finished"]) & params.early_stopping_true)
     return (step < max_new) & open_beam & improvement
 
 
@@ -101,15 +101,15 @@ def init_state(lm, input_ids, attention_mask, params, num_steps, num_beams):
     """Prefill once per prompt, copy the cache to every beam, and take the first beam step."""
     batch, prompt_length = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
     max_length = prompt_length + num_steps
-    logits, cache, key_mask, positions = search.prefill(lm, input_ids, attention_mask, max_length)
+    logits, cache, key_mask, positions = steps.prefill(lm, input_ids, attention_mask, max_length)
     tokens = tf.pad(tf.cast(input_ids, tf.int32), [[0, 0], [0, num_steps]],
-                    constant_values=params["pad_token_id"])
+                    constant_values=params.pad_token_id)
     running = tf.repeat(tokens[:, None, :], num_beams, axis=1)
     first_beam_only = tf.constant([0.0] + [_NEG] * (num_beams - 1))
     state = dict(
         running=running,
         running_scores=tf.tile(first_beam_only[None, :], [batch, 1]),
-        sequences=tf.fill(tf.shape(running), params["pad_token_id"]),
+        sequences=tf.fill(tf.shape(running), params.pad_token_id),
         scores=tf.fill([batch, num_beams], _NEG),
         finished=tf.zeros([batch, num_beams], tf.bool),
         step=tf.constant(0),
@@ -127,15 +127,14 @@ def advance(lm, state, params, num_beams):
     """Reorder the cache to the surviving beams, feed their last tokens, take one beam step."""
     cache = lm.gather_cache(state["cache"], state["source"])
     slot = state["prompt_length"] + state["step"] - 1
-    logits, cache, key_mask = search.feed(lm, state["last"], slot, state["positions"],
+    logits, cache, key_mask = steps.feed(lm, state["last"], slot, state["positions"],
                                           tf.gather(state["key_mask"], state["source"]), cache)
     state = dict(state, cache=cache, key_mask=key_mask, positions=state["positions"] + 1)
     return select(logits, state, params, num_beams, lm.vocab_size)
 
 
-def decode(lm, input_ids, attention_mask, params, num_steps, num_beams, num_return_sequences):
-    """Beam search for up to `num_steps` new tokens (params as in `sampling.decode`, plus
-    length_penalty, early_stopping_true, early_stopping_never; max_new_tokens a scalar).
+def loop(lm, input_ids, attention_mask, params, num_steps, num_beams, num_return_sequences):
+    """Beam search for up to `num_steps` new tokens; params: a `tfgen.decoding.params.BeamParams`.
 
     Returns:
         dict with new_tokens int32 [B * R, num_steps], scores float32 [B * R] (Hugging Face's
@@ -151,11 +150,11 @@ def decode(lm, input_ids, attention_mask, params, num_steps, num_beams, num_retu
     # Hugging Face's finalisation: a prompt with no finished hypothesis returns its running beams.
     any_finished = tf.reduce_any(state["finished"], axis=1)
     sequences = tf.where(any_finished[:, None, None], state["sequences"], state["running"])
-    running_scores = state["running_scores"] / _length_norm(state["step"], params["length_penalty"])
+    running_scores = state["running_scores"] / _length_norm(state["step"], params.length_penalty)
     scores = tf.where(any_finished[:, None], state["scores"], running_scores)
     sequences = _flat(sequences[:, :num_return_sequences])
     new_tokens = sequences[:, tf.shape(input_ids)[1]:]
-    lengths = search.generated_lengths(new_tokens, params["eos_token_id"], state["step"])
+    lengths = steps.generated_lengths(new_tokens, params.eos_token_id, state["step"])
     # A prompt that finished fewer hypotheses than it returns fills the other slots with Hugging
     # Face's placeholders (score -1e9, only padding): they generated nothing.
     real = state["finished"] | ~any_finished[:, None]  # [B, K]

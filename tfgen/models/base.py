@@ -1,4 +1,4 @@
-"""Causal-LM adapters: a forward pass over a static, in-place KV cache.
+"""The causal-LM adapter interface: a forward pass over a static, in-place KV cache.
 
 The decoding loop sees only the `CausalLM` interface below: `init_cache`, `forward` (used for both
 the prefill over the prompt and the one-token decoding step), the vocabulary size and the special
@@ -11,10 +11,13 @@ at slots [start, start + T) in place (`dynamic_update_slice` under XLA) and atte
 Batch and heads share one axis so that a batch of one has no axis of size 1: XLA drops such axes
 with a reshape, and a reshaped cache can no longer be updated in place (it copied every layer's
 cache at every step).
+
+Architectures live beside this module (gpt2.py, llama.py), each one `CausalLM` subclass;
+`registry.py` maps a model's type to its adapter.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
 from typing import List, Tuple
 
@@ -25,29 +28,18 @@ Cache = List[tf.Tensor]  # [k_0, v_0, k_1, v_1, ...], each [batch * kv_heads, ma
 _MASK_VALUE = -1e9
 
 
-_XLA_WRITES = [False]
+def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor, in_place: bool) -> tf.Tensor:
+    """Write `update` [R, T, D] into `cache` [R, L, D] at slot `start`.
 
-
-@contextlib.contextmanager
-def xla_writes(enabled: bool):
-    """While tracing a jit-compiled program, write the cache with XLA's in-place dynamic update."""
-    previous = _XLA_WRITES[0]
-    _XLA_WRITES[0] = enabled
-    try:
-        yield
-    finally:
-        _XLA_WRITES[0] = previous
-
-
-def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-    """Write `update` [R, T, D] into `cache` [R, L, D] at slot `start`, in place under XLA."""
+    `in_place` (for jit-compiled programs) uses XLA's dynamic update slice, which XLA performs in
+    place; the scatter used otherwise runs everywhere (eager inspection, --no-xla exports).
+    """
     start = tf.cast(start, tf.int32)
-    if _XLA_WRITES[0]:
+    if in_place:
         from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
         zero = tf.zeros([], tf.int32)
         return dynamic_update_slice(cache, tf.cast(update, cache.dtype), tf.stack([zero, start, zero]))
-    # Outside XLA (eager inspection, --no-xla exports) a scatter over the slot axis does the same.
     length = tf.shape(update)[1]
     slots = start + tf.range(length)
     updated = tf.tensor_scatter_nd_update(
@@ -65,12 +57,14 @@ def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int) -> t
     return tf.where(allowed, 0.0, _MASK_VALUE)[:, None, :, :]
 
 
-def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias):
+def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=False):
     """Write k/v [B, Hkv, T, D] into the cache, then attend q [B, H, T, D] over all slots.
 
     With grouped-query attention (H = G * Hkv, Llama) query head h uses key/value head h // G:
     the G query heads of a group are folded into the query axis, [B * Hkv, G * T, D], so the cache
     is read as it is, without repeating it G times. GPT-2 has G = 1.
+
+    `in_place`: write the cache with XLA's in-place update (see `write_slots`).
 
     Returns (output [B, H, T, D], cache_k, cache_v); the caches are [B * Hkv, L, D].
     """
@@ -78,8 +72,8 @@ def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias):
     heads, kv_heads = q.shape[1], k_new.shape[1]
     groups = heads // kv_heads
     rows = batch * kv_heads
-    cache_k = write_slots(cache_k, tf.reshape(k_new, [rows, length, dim]), start)
-    cache_v = write_slots(cache_v, tf.reshape(v_new, [rows, length, dim]), start)
+    cache_k = write_slots(cache_k, tf.reshape(k_new, [rows, length, dim]), start, in_place)
+    cache_v = write_slots(cache_v, tf.reshape(v_new, [rows, length, dim]), start, in_place)
     scale = 1.0 / math.sqrt(dim)
     queries = groups * length
     q = tf.reshape(q, [rows, queries, dim])
@@ -105,6 +99,15 @@ class CausalLM:
     pad_token_id: int
     bos_token_id: int
     dtype = tf.float32
+    # Whether `block` writes the cache with XLA's in-place update: set on the copy that compiled
+    # programs use (`with_in_place_writes`), never changed on an adapter afterwards.
+    in_place_writes = False
+
+    def with_in_place_writes(self, enabled: bool = True) -> "CausalLM":
+        """A copy of this adapter (same weights) whose cache writes are XLA's in-place updates."""
+        twin = copy.copy(self)
+        twin.in_place_writes = bool(enabled)
+        return twin
 
     def init_cache(self, batch_size, max_length) -> Cache:
         shape = [batch_size * self.num_kv_heads, max_length, self.head_dim]
@@ -209,94 +212,6 @@ def merge_heads(x):
     """[B, heads, T, head_dim] -> [B, T, heads * head_dim]."""
     x = tf.transpose(x, [0, 2, 1, 3])
     return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
-
-
-def _layer_norm(x, gamma, beta, epsilon):
-    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
-
-
-def _gelu_new(x):
-    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
-
-
-_ACTIVATIONS = {
-    "gelu_new": _gelu_new,
-    "gelu_pytorch_tanh": _gelu_new,
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
-    "relu": tf.nn.relu,
-}
-
-
-class GPT2(CausalLM):
-    """GPT-2 on the weights of a `transformers.TFGPT2LMHeadModel` (read by reference, not copied)."""
-
-    def __init__(self, model):
-        config = model.config
-        if config.activation_function not in _ACTIVATIONS:
-            raise ValueError(f"unsupported GPT-2 activation_function {config.activation_function!r}")
-        self.model = model
-        self.config = config
-        self.vocab_size = int(config.vocab_size)
-        self.num_layers = int(config.n_layer)
-        self.num_heads = self.num_kv_heads = int(config.n_head)
-        self.hidden_size = int(config.n_embd)
-        self.head_dim = self.hidden_size // self.num_heads
-        self.max_positions = int(config.n_positions)
-        self.epsilon = float(config.layer_norm_epsilon)
-        self.activation = _ACTIVATIONS[config.activation_function]
-        self.eos_token_id = int(config.eos_token_id if config.eos_token_id is not None else 50256)
-        self.bos_token_id = int(config.bos_token_id if config.bos_token_id is not None else self.eos_token_id)
-        pad = getattr(config, "pad_token_id", None)
-        self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
-        transformer = model.transformer
-        self.wte = transformer.wte.embeddings
-        self.wpe = transformer.wpe.embeddings
-        self.blocks = transformer.h
-        self.ln_f = transformer.ln_f
-
-    def variables(self):
-        return list(self.model.weights)
-
-    def num_parameters(self):
-        return int(self.model.count_params())
-
-    def input_embeddings(self):
-        return self.wte
-
-    def embed(self, input_ids, positions):
-        return tf.gather(self.wte, input_ids) + tf.gather(self.wpe, positions)
-
-    def block(self, index, x, context, start, bias, cache_k, cache_v):
-        block = self.blocks[index]
-        attn = block.attn
-        h = _layer_norm(x, block.ln_1.gamma, block.ln_1.beta, self.epsilon)
-        qkv = dense(h, attn.c_attn.weight, attn.c_attn.bias)  # [B, T, 3D]
-        q, k, v = [split_heads(t, self.num_heads, self.head_dim) for t in tf.split(qkv, 3, axis=-1)]
-        out, cache_k, cache_v = cached_attention(q, k, v, cache_k, cache_v, start, bias)
-        x = x + dense(merge_heads(out), attn.c_proj.weight, attn.c_proj.bias)
-        h = _layer_norm(x, block.ln_2.gamma, block.ln_2.beta, self.epsilon)
-        mlp = block.mlp
-        h = self.activation(dense(h, mlp.c_fc.weight, mlp.c_fc.bias))
-        return x + dense(h, mlp.c_proj.weight, mlp.c_proj.bias), cache_k, cache_v
-
-    def final_norm(self, x):
-        return _layer_norm(x, self.ln_f.gamma, self.ln_f.beta, self.epsilon)
-
-    def logits(self, hidden):
-        return tf.matmul(hidden, self.wte, transpose_b=True)
-
-
-def adapter_for(model) -> CausalLM:
-    """The adapter for a loaded model: a transformers GPT-2 or a `tfgen.llama.LlamaWeights`."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type == "gpt2":
-        return GPT2(model)
-    if model_type == "llama":
-        from tfgen.llama import Llama
-
-        return Llama(model)
-    raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: gpt2, llama")
 
 
 def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:

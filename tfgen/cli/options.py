@@ -1,0 +1,126 @@
+"""What the `tfgen` subcommands share: options, the error type, loading and printing.
+
+Nothing here imports TensorFlow at module level: `tfgen --help` builds every parser from these
+functions, and it should answer at once. The heavy imports happen inside `load` and
+`generation_params`, which only a command's run function calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, Mapping, Optional
+
+EXIT_USAGE = 2  # bad input: argument, value, file or model spec
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad command line; reported as one `error:` line like every other input error."""
+
+
+def add_model_options(parser: argparse.ArgumentParser,
+                      default: str = "smollm2-135m (SmolLM2-135M-Instruct, offline)") -> None:
+    """--model, --json and --verbose: every command that loads a model takes them."""
+    parser.add_argument("--model", metavar="SPEC", default=None,
+                        help=f"the model (default: {default}): smollm2-135m, gguf:PATH "
+                             "(a Llama-architecture GGUF file), a save_pretrained directory, a hub id "
+                             "(gpt2, distilgpt2, ...) or random:NAME (gpt2, distilgpt2, gpt2-medium, "
+                             "gpt2-large, gpt2-xl, tiny)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and transformers' own log messages")
+
+
+# -- generation options ------------------------------------------------------------------------------
+_EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
+
+# Destination -> argparse keywords; the flag is the name with dashes. The names are the keyword
+# arguments of `TextGenerator.generate` (Hugging Face's), and the defaults in the help texts are
+# the library's: every option defaults to None, "not given".
+_GENERATION_ARGUMENTS = {
+    "max_new_tokens": dict(type=int, metavar="N", help="tokens to generate at most (20)"),
+    "min_new_tokens": dict(type=int, metavar="N", help="no EOS before N tokens (0)"),
+    "num_beams": dict(type=int, metavar="N", help="beam search with N beams (1: off)"),
+    "do_sample": dict(action="store_const", const=True, help="sample instead of greedy"),
+    "temperature": dict(type=float, metavar="T", help="sampling temperature (1.0)"),
+    "top_k": dict(type=int, metavar="K", help="sample among the K most likely (50; 0: off)"),
+    "top_p": dict(type=float, metavar="P", help="nucleus sampling mass (1.0: off)"),
+    "repetition_penalty": dict(type=float, metavar="R", help="1.0: off"),
+    "no_repeat_ngram_size": dict(type=int, metavar="N", help="0: off"),
+    "length_penalty": dict(type=float, metavar="X", help="beam score / length**X (1.0)"),
+    "early_stopping": dict(choices=list(_EARLY_STOPPING), help="beam search stop rule"),
+    "num_return_sequences": dict(type=int, metavar="N", help="outputs per prompt (1)"),
+    "seed": dict(type=int, metavar="S", help="makes sampling reproducible"),
+    "stop": dict(action="append", metavar="STR", help="end the text at STR (repeatable)"),
+}
+GENERATION_OPTIONS = tuple(_GENERATION_ARGUMENTS)
+
+
+def add_generation_options(parser: argparse.ArgumentParser, title: str,
+                           help_overrides: Optional[Mapping[str, str]] = None) -> argparse._ArgumentGroup:
+    """Add the decoding options, one per `GENERATION_OPTIONS` name, as a group titled `title`.
+
+    `generate` and `batch` both take them, so both spell and check them the same way.
+
+    Args:
+        help_overrides: option name -> help text, for a command whose option means a little
+            more (`tfgen batch`'s --seed is a default for rows without one).
+
+    Returns:
+        The group, for options only one command has (`tfgen generate --chat`).
+    """
+    overrides = dict(help_overrides or {})
+    unknown = sorted(set(overrides) - set(_GENERATION_ARGUMENTS))
+    if unknown:  # a typo here would silently keep the general text
+        raise KeyError(f"no generation option named {', '.join(unknown)}")
+    group = parser.add_argument_group(title)
+    for name, keywords in _GENERATION_ARGUMENTS.items():
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, **{**keywords, "help": overrides.get(name, keywords["help"])})
+    return group
+
+
+def parse_early_stopping(value: str):
+    """--early-stopping's word as `GenerationConfig.early_stopping` takes it: True, False or "never"."""
+    return _EARLY_STOPPING[value]
+
+
+def generation_params(args: argparse.Namespace) -> Dict[str, Any]:
+    """The generation options the user gave, as `generate` keyword arguments, checked.
+
+    The check runs before any model loads or pipeline starts, so a bad value is reported at once
+    instead of after minutes of loading.
+    """
+    from tfgen.config import GenerationConfig
+
+    params = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+    if "early_stopping" in params:
+        params["early_stopping"] = parse_early_stopping(params["early_stopping"])
+    GenerationConfig(**params).validate()
+    return params
+
+
+# -- loading and printing ----------------------------------------------------------------------------
+def load(args: argparse.Namespace, xla: bool = True):
+    """The generator `--model` names; through `tfgen.load`, so tests can replace it there."""
+    import tfgen
+
+    return tfgen.load(args.model, xla=xla)
+
+
+def warn_if_random(generator, consequence: str) -> None:
+    """Say on stderr that a random: model's output means nothing, and what to pass instead."""
+    if getattr(generator, "random_weights", False):
+        print(f"note: {generator.name} has random (untrained) weights, so {consequence}; "
+              "pass --model DIR or a hub id for a trained model", file=sys.stderr)
+
+
+def print_json(value) -> None:
+    """One JSON object per line, text as it is (no \\u escapes), flushed for readers of a pipe."""
+    print(json.dumps(value, ensure_ascii=False), flush=True)
+
+
+def quoted(token: str) -> str:
+    """A token in quotes, its spaces visible; unlike repr(), byte escapes are not doubled."""
+    return "'" + token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + "'"

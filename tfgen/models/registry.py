@@ -1,0 +1,30 @@
+"""Which adapter runs which model: architecture name -> `CausalLM` subclass.
+
+A model object says what it is through `config.model_type` (transformers' configs, and tfgen's own
+weight holders such as `tfgen.models.llama.LlamaWeights`). Adding an architecture is one adapter
+module in this package and one entry here; the decoding loop never names an architecture.
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from tfgen.models.base import CausalLM
+from tfgen.models.gpt2 import GPT2
+from tfgen.models.llama import Llama
+
+ADAPTERS: Dict[str, Type[CausalLM]] = {
+    "gpt2": GPT2,
+    "llama": Llama,
+}
+
+
+def adapter_for(model) -> CausalLM:
+    """The adapter for a loaded model (a transformers GPT-2, a `LlamaWeights`, ...).
+
+    Raises:
+        ValueError: the model's type has no adapter; the message lists the supported ones.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: {', '.join(ADAPTERS)}")
+    return ADAPTERS[model_type](model)
