@@ -36,11 +36,12 @@ def sampling_params(rng, index, batch):
     return params
 
 
-def test_one_trace_per_strategy_and_bucket(tiny):
+def test_one_trace_per_strategy_and_bucket(tiny, tmp_path, monkeypatch):
     """20 prompt groups of lengths 3..40 (3 or 4 rows: batch bucket 4, prompt buckets 8-64), greedy
     and sampling with mixed parameters, beam search in two prompt buckets, and generate() on text:
     each (strategy, bucket) traces once, and a second round with new lengths and values traces
     nothing."""
+    monkeypatch.setenv("TFGEN_CACHE", str(tmp_path))  # an empty program cache: nothing to restore
     gen = tfgen.TextGenerator(tiny.model, tiny.tokenizer)
     engine = gen.engine
     assert engine.trace_count == 0

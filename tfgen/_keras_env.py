@@ -21,17 +21,34 @@ def ensure_legacy_keras() -> None:
     """Set TF_USE_LEGACY_KERAS=1, or raise ImportError if TF already chose Keras 3.
 
     Also sets TF_CPP_MIN_LOG_LEVEL=2 unless the environment chose a level, so TensorFlow's C++
-    info and warning lines stay out of the output whoever imports it later.
+    info and warning lines stay out of the output whoever imports it later, and, while TensorFlow
+    is not loaded yet, points its persistent XLA cache under tfgen's cache (`use_xla_cache`).
     """
     was_set = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules:
+        use_xla_cache()
     if was_set or "tensorflow" not in sys.modules:
         return  # TensorFlow will read the variable when it is imported
     # TensorFlow is imported; tf.keras is resolved lazily on first use, so it may still pick Keras 2.
     tf = sys.modules["tensorflow"]
     if not tf.keras.layers.Layer.__module__.startswith("tf_keras"):
         raise ImportError(_HOW_TO_FIX)
+
+
+def use_xla_cache() -> None:
+    """Add tfgen's XLA cache directory to TF_XLA_FLAGS (`tfgen.cache.xla_flag`).
+
+    TensorFlow reads TF_XLA_FLAGS once, when it loads, so this must run before: the user's own
+    flags are kept (a persistent cache directory they chose wins), and TFGEN_CACHE=off adds nothing.
+    """
+    from tfgen import cache
+
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    updated = cache.xla_flag(flags)
+    if updated != flags:
+        os.environ["TF_XLA_FLAGS"] = updated
 
 
 @functools.lru_cache(maxsize=None)  # once per process: later calls are free

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from tfgen.cli import batch, benchmark, generate, inspecting, serving
+from tfgen.cli import batch, benchmark, cache_commands, generate, inspecting, serving
 from tfgen.cli.options import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 
@@ -46,6 +46,13 @@ INSPECT_COMMANDS = [
     Command("params", "number of parameters", inspecting.params_arguments, inspecting.params),
 ]
 
+CACHE_COMMANDS = [
+    Command("info", "where tfgen's cache is, its size bound, what it holds", cache_commands.info_arguments,
+            cache_commands.info),
+    Command("clear", "remove cached programs (--all: also converted weights)", cache_commands.clear_arguments,
+            cache_commands.clear),
+]
+
 COMMANDS = [
     Command("generate", "continue a prompt", generate.add_arguments, generate.run),
     Command("inspect", "look inside a model: tokens, next, hidden, similarity, params",
@@ -58,6 +65,8 @@ COMMANDS = [
             benchmark.add_arguments, benchmark.run),
     Command("batch", "generate for a JSON-lines file with an Apache Beam pipeline (local or Dataflow)",
             batch.add_arguments, batch.run),
+    Command("cache", "tfgen's on-disk cache of traced and compiled programs: info, clear",
+            subcommands=CACHE_COMMANDS),
 ]
 
 

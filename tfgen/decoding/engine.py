@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.config import ROW_FIELDS, GenerationConfig
-from tfgen.decoding import beam_search, params, sampling, stops
+from tfgen.decoding import beam_search, params, programs, sampling, stops
 
 
 class Prepared(NamedTuple):
@@ -42,7 +42,9 @@ class Engine:
 
     Attributes:
         traces: how many times each (strategy, batch, prompt, steps[, beams, returns]) bucket was
-            traced; `trace_count` is their sum.
+            traced in Python; `trace_count` is their sum.
+        restored: programs restored from tfgen's on-disk cache instead (a warm start traces
+            nothing); `restore_count` is their sum.
     """
 
     def __init__(self, lm, xla: bool = True, token_tables=None):
@@ -50,14 +52,25 @@ class Engine:
         self.xla = xla
         self.token_tables = token_tables
         self.traces: Dict[tuple, int] = collections.Counter()
-        self._sample_fn = tf.function(self._sample_program, jit_compile=xla)
-        self._beam_fn = tf.function(self._beam_program, jit_compile=xla)
-        self._init_fn = tf.function(self._init_program, jit_compile=xla)
-        self._advance_fn = tf.function(self._advance_program, jit_compile=xla)
+        # Each program is traced once per process, or restored from tfgen's cache without tracing.
+        self.programs = programs.Programs(self.lm, xla)
+        self._sample_fn = self.programs.function("sample", self._sample_program, num_static=1)
+        self._beam_fn = self.programs.function("beam", self._beam_program, num_static=3)
+        self._init_fn = self.programs.function("stream-init", self._init_program, num_static=1)
+        self._advance_fn = self.programs.function("stream-step", self._advance_program)
 
     @property
     def trace_count(self) -> int:
         return sum(self.traces.values())
+
+    @property
+    def restored(self) -> Dict[tuple, int]:
+        """Programs restored from the cache instead of traced (`tfgen.decoding.programs`)."""
+        return self.programs.restored
+
+    @property
+    def restore_count(self) -> int:
+        return sum(self.programs.restored.values())
 
     # -- the compiled programs -------------------------------------------------------------------
     def _sample_program(self, input_ids, attention_mask, loop_params, num_steps):
@@ -101,13 +114,16 @@ class Engine:
         ids, mask = params.pad_to_buckets(input_ids, attention_mask, pad)
         padded_batch, padded_length = ids.shape
         num_steps = params.bucket(int(np.max(rows["max_new_tokens"])), params.STEP_BUCKETS)
+        rules = params.token_rules(self.lm.vocab_size, config.logit_bias, config.bad_words_ids,
+                                   config.suppress_tokens, config.begin_suppress_tokens, eos_token_id=eos)
         scalars = dict(first_slot=padded_length - prompt_length, eos_token_id=eos, pad_token_id=pad,
-                       min_new_tokens=config.min_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size)
+                       no_repeat_ngram_size=config.no_repeat_ngram_size, rules=rules)
         if config.num_beams > 1:
             penalty = params.column("repetition_penalty", rows["repetition_penalty"], padded_batch)
             loop_params = params.beam_params(
                 penalty, config.num_beams, max_new_tokens=int(config.max_new_tokens),
-                length_penalty=float(config.length_penalty), early_stopping=config.early_stopping, **scalars)
+                min_new_tokens=int(config.min_new_tokens), length_penalty=float(config.length_penalty),
+                early_stopping=config.early_stopping, **scalars)
         else:
             loop_params = params.sampling_params(
                 rows, padded_batch, stops=self._stop_tables(config) if stop_in_loop else None, **scalars)
@@ -153,7 +169,7 @@ class Engine:
         state = self._init_fn(tf.constant(prepared.ids), tf.constant(prepared.mask), loop_params,
                               prepared.num_steps)
         limit = int(config.row_values("max_new_tokens", 1)[0])
-        eos = int(loop_params.eos_token_id)
+        eos = -1 if config.ignore_eos else int(loop_params.eos_token_id)
         for count in range(1, limit + 1):
             token = int(state["last"][0])
             yield token

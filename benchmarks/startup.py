@@ -1,0 +1,145 @@
+"""Start-up time, cold and warm: `tfgen generate` as a user runs it, `tfgen.load()` + first generate
+broken down, and llama.cpp opening the same GGUF.
+
+Cold runs use a fresh, empty TFGEN_CACHE (so they also convert the GGUF's weights); warm runs use the
+same directory again. Every figure is a fresh process.
+
+    python benchmarks/startup.py                      # SmolLM2-135M, the built-in model
+    python benchmarks/startup.py --model random:tiny --runs 2
+
+Prints one table and, with --json, one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = "The theory of relativity is"
+
+# Run in a fresh process: every phase of tfgen.load() + the first generate, in seconds.
+_PHASES = """
+import json, sys, time
+start = time.perf_counter()
+import tfgen
+from tfgen._keras_env import import_tensorflow_quietly
+import_tensorflow_quietly()
+imported = time.perf_counter()
+generator = tfgen.load(sys.argv[1])
+loaded = time.perf_counter()
+generator.generate(sys.argv[2], max_new_tokens=20)
+first = time.perf_counter()
+generator.generate(sys.argv[2], max_new_tokens=20)
+second = time.perf_counter()
+seconds = generator.engine.programs.seconds
+print(json.dumps({"import": imported - start, "load": loaded - imported,
+                  "trace": seconds.get("trace", 0.0), "restore": seconds.get("restore", 0.0),
+                  "compile+run": seconds.get("first call", 0.0), "run": second - first,
+                  "load+first generate": first - imported, "total": first - start,
+                  "traces": generator.engine.trace_count, "restored": generator.engine.restore_count}))
+"""
+
+_LLAMA_CPP = """
+import json, sys, time
+start = time.perf_counter()
+import llama_cpp
+imported = time.perf_counter()
+llama_cpp.Llama(model_path=sys.argv[1], verbose=False)
+print(json.dumps({"import": imported - start, "load": time.perf_counter() - imported}))
+"""
+
+
+def _environment(cache_dir: str) -> dict:
+    env = dict(os.environ, TFGEN_CACHE=cache_dir, PYTHONPATH=ROOT)
+    env.pop("TF_XLA_FLAGS", None)
+    return env
+
+
+def _python(code: str, args, env) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _generate_wall(model: str, env) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "tfgen", "generate", PROMPT, "--model", model], env=env,
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def measure(model: str, runs: int) -> dict:
+    """Cold and warm figures, each the median of `runs` fresh processes (cold: a new cache each)."""
+    result = {"model": model, "runs": runs}
+    cold_wall, warm_wall, cold_phases, warm_phases = [], [], [], []
+    for _ in range(runs):
+        cache_dir = tempfile.mkdtemp(prefix="tfgen-startup-")
+        try:
+            env = _environment(cache_dir)
+            cold_wall.append(_generate_wall(model, env))
+            warm_wall.append(_generate_wall(model, env))
+            shutil.rmtree(os.path.join(cache_dir, "programs"), ignore_errors=True)  # programs cold again
+            cold_phases.append(_python(_PHASES, [model, PROMPT], env))
+            warm_phases.append(_python(_PHASES, [model, PROMPT], env))
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    result["generate_wall"] = {"cold": statistics.median(cold_wall), "warm": statistics.median(warm_wall)}
+    result["phases"] = {name: {key: statistics.median(run[key] for run in phases) for key in phases[0]}
+                        for name, phases in (("cold", cold_phases), ("warm", warm_phases))}
+    if not model.startswith("random:"):
+        try:
+            from tfgen.loading import PACKAGED_GGUF, packaged_gguf_path
+
+            path = packaged_gguf_path(model) if model in PACKAGED_GGUF else model.split("gguf:")[-1]
+            figures = [_python(_LLAMA_CPP, [path], dict(os.environ)) for _ in range(runs)]
+            result["llama_cpp"] = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
+        except (ImportError, RuntimeError, ValueError) as error:
+            result["llama_cpp"] = {"error": str(error)[:200]}
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(f"model {result['model']}, median of {result['runs']} fresh process(es)")
+    wall = result["generate_wall"]
+    print(f"tfgen generate wall:  cold {wall['cold']:6.2f} s   warm {wall['warm']:6.2f} s"
+          "   (target: warm <= 3 s)")
+    keys = ["import", "load", "trace", "restore", "compile+run", "run", "load+first generate"]
+    print("phase (s)            " + "".join(f"{key:>21}" for key in keys))
+    for name, phases in result["phases"].items():
+        print(f"{name:<21}" + "".join(f"{phases[key]:21.2f}" for key in keys)
+              + f"   traces {phases['traces']:.0f}, restored {phases['restored']:.0f}")
+    print("(target: warm load + first generate <= 1.5 s)")
+    if "llama_cpp" in result:
+        figures = result["llama_cpp"]
+        if "error" in figures:
+            print(f"llama.cpp: {figures['error']}")
+        else:
+            print(f"llama.cpp on the same GGUF: import {figures['import']:.2f} s, "
+                  f"load {figures['load']:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = measure(args.model, args.runs)
+    print_table(result)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

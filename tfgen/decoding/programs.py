@@ -1,0 +1,327 @@
+"""The engine's compiled programs: traced once, kept on disk, restored without tracing in a new process.
+
+Tracing a decoding loop in Python takes seconds (SmolLM2: ~6 s) and XLA compiles it again for
+seconds more; both are cached across processes here (`tfgen.cache`, section "programs").
+
+A program is traced with the model's weights as explicit inputs instead of captured variables:
+while tracing, each variable of the adapter is bound to the matching input (its resource handle is
+swapped for the input's, `_weights_bound`), so the adapters need no change and the traced function
+captures nothing. Its FunctionDefs (the loop and every nested body) are renamed after the entry's
+key, registered with TensorFlow and called by name with the live weights. The same renamed library
+is what an entry stores and what a warm start registers, so a cold and a warm run execute the same
+function: identical output, and the same HLO, so TensorFlow's persistent XLA cache (one directory
+per process, `tfgen.cache.xla_flag`) finds the executable the cold run compiled. Those executables
+are copied into the entry after the first call and linked back in before a restored program runs.
+
+`Programs.function` is the one place that decides trace or restore. A program that cannot be
+stored (a variable that is not a resource variable, or a capture left after binding) still runs,
+traced per process as before.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import function_pb2
+from tensorflow.python.eager import context, execute
+
+from tfgen import cache
+
+SECTION = "programs"
+_LIBRARY = "program.pb"
+_XLA_PREFIX = "xla-"  # entry file name of a copied XLA executable
+
+
+class _Program:
+    """A registered function, called by name with the live weights' handles, then the flat inputs.
+
+    Attributes:
+        name, num_outputs, outputs: the function, its output count and structure (leaves None).
+        library: its FunctionDefLibrary (what an entry stores).
+        entry_has_xla: restored from an entry that already holds its XLA executables.
+    """
+
+    def __init__(self, name: str, num_outputs: int, outputs, library, variables, entry_has_xla=False):
+        self.name, self.num_outputs, self.outputs = name, num_outputs, outputs
+        self.library, self.variables, self.entry_has_xla = library, variables, entry_has_xla
+
+    def __call__(self, flat: List[tf.Tensor]):
+        inputs = [variable.handle for variable in self.variables] + list(flat)
+        outputs = execute.execute(self.name, num_outputs=self.num_outputs, inputs=inputs, attrs=(),
+                                  ctx=context.context())
+        return tf.nest.pack_sequence_as(self.outputs, outputs)
+
+
+class Programs:
+    """The compiled programs of one adapter.
+
+    Args:
+        lm: the adapter (`tfgen.models.base.CausalLM`); its `variables()` are the weights.
+        xla: jit-compile the programs.
+
+    Attributes:
+        restored: how many programs were restored from the cache instead of traced, by
+            (program, first input's shape..., static arguments...).
+        seconds: time spent in "trace", "restore" and "first call" (XLA compile or cache load,
+            plus one run), for `benchmarks/startup.py`.
+    """
+
+    def __init__(self, lm, xla: bool):
+        self.variables = list(lm.variables())
+        self.xla = xla
+        self.restored: Dict[tuple, int] = collections.Counter()
+        self.seconds: Dict[str, float] = collections.defaultdict(float)
+        self._fingerprint = model_fingerprint(lm, self.variables)
+        self._loaded: Dict[tuple, Callable] = {}
+        self._lock = threading.RLock()  # tracing rebinds the variables: one program call at a time
+
+    def function(self, name: str, body: Callable, num_static: int = 0) -> Callable:
+        """A callable like `tf.function(body)`: the last `num_static` arguments are Python values
+        (a new value is a new program), the others tensors or nests of them (None allowed)."""
+
+        def call(*args):
+            split = len(args) - num_static
+            return self._run(name, body, args[:split], tuple(args[split:]))
+
+        return call
+
+    def _run(self, name, body, tensors, static):
+        leaves = tf.nest.flatten(tensors)
+        flat = [tf.convert_to_tensor(leaf) for leaf in leaves if leaf is not None]
+        specs = [tf.TensorSpec(value.shape, value.dtype) for value in flat]
+        layout = _layout(tensors)
+        signature = (name, static, layout)
+        with self._lock:
+            program = self._loaded.get(signature)
+            if program is not None:
+                return program(flat)
+            key = self._key(name, static, layout)
+            start = time.perf_counter()
+            restored = self._restore(key)
+            if restored is not None:
+                self.restored[(name,) + tuple(specs[0].shape) + static] += 1
+                program, stored = restored, restored.entry_has_xla
+                self.seconds["restore"] += time.perf_counter() - start
+            else:
+                program, stored = self._trace(key, body, tensors, leaves, specs, static), False
+                self.seconds["trace"] += time.perf_counter() - start
+            before = _listing(cache.xla_directory())
+            start = time.perf_counter()
+            with _native_stderr_quiet():  # TensorFlow logs a harmless parse note on an XLA cache hit
+                outputs = program(flat)
+                tf.nest.map_structure(lambda value: value.numpy(), outputs)  # done, not just dispatched
+            self.seconds["first call"] += time.perf_counter() - start
+            if isinstance(program, _Program) and not stored:
+                self._store(key, program, before)
+            self._loaded[signature] = program
+            return outputs
+
+    # -- trace ----------------------------------------------------------------------------------
+    def _trace(self, key, body, tensors, leaves, specs, static):
+        def arguments(inputs):
+            values = iter(inputs)
+            return tf.nest.pack_sequence_as(tensors, [None if leaf is None else next(values)
+                                                      for leaf in leaves])
+
+        if not _bindable(self.variables):  # trace with captured weights, as tf.function does; not stored
+            plain = tf.function(lambda inputs: body(*arguments(inputs), *static), jit_compile=self.xla)
+            return plain.get_concrete_function(specs)
+
+        def traced(weights, inputs):
+            with _weights_bound(self.variables, weights):
+                return body(*arguments(inputs), *static)
+
+        concrete = tf.function(traced, jit_compile=self.xla).get_concrete_function(self.variables, specs)
+        if concrete.captured_inputs:
+            return lambda flat: concrete(self.variables, flat)  # runs, but is not stored
+        library = _library(concrete)
+        names = _rename(library, "_tfgen_" + cache.digest(key)[:12])
+        outputs = tf.nest.map_structure(lambda _: None, concrete.structured_outputs)
+        _register(library)
+        return _Program(names[concrete.function_def.signature.name], len(concrete.outputs), outputs, library,
+                        self.variables)
+
+    # -- store and restore ----------------------------------------------------------------------
+    def _key(self, name, static, layout) -> dict:
+        return dict(cache.environment(), kind="decoding-program", program=name, static=list(static),
+                    inputs=layout, model=self._fingerprint, xla=bool(self.xla))
+
+    def _store(self, key, program: _Program, before) -> None:
+        directory = cache.xla_directory()
+        files = {_LIBRARY: program.library.SerializeToString()}
+        try:
+            for name in sorted(_listing(directory) - before):
+                with open(os.path.join(directory, name), "rb") as handle:
+                    files[_XLA_PREFIX + name] = handle.read()
+        except OSError:
+            return  # the next run compiles again; it never fails this one
+        meta = dict(function=program.name, num_outputs=program.num_outputs, outputs=program.outputs)
+        cache.write_entry(SECTION, key, files, meta)
+
+    def _restore(self, key) -> Optional[_Program]:
+        entry = cache.read_entry(SECTION, key)
+        if entry is None:
+            return None
+        try:
+            with open(os.path.join(entry.path, _LIBRARY), "rb") as handle:
+                library = function_pb2.FunctionDefLibrary.FromString(handle.read())
+            meta = entry.meta
+            if meta["function"] not in {fdef.signature.name for fdef in library.function}:
+                raise ValueError("the entry's function is not in its library")
+            xla_files = [name for name in entry.files if name.startswith(_XLA_PREFIX)]
+            _link_xla_files(entry.path, xla_files)
+            _register(library)
+            return _Program(meta["function"], int(meta["num_outputs"]), meta["outputs"], library,
+                            self.variables, entry_has_xla=bool(xla_files) or cache.xla_directory() is None)
+        except Exception:  # noqa: BLE001 - a checked entry that still does not load is rebuilt
+            cache.remove_entry(entry)
+            return None
+
+
+# -- helpers --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _weights_bound(variables, weights):
+    """While tracing: every read of `variables` reads the traced function's weight inputs instead."""
+    saved = [variable._handle for variable in variables]
+    try:
+        for variable, weight in zip(variables, weights):
+            variable._handle = weight.handle
+        yield
+    finally:
+        for variable, handle in zip(variables, saved):
+            variable._handle = handle
+
+
+def _bindable(variables) -> bool:
+    return all(isinstance(v, tf.Variable) and hasattr(v, "_handle") for v in variables)
+
+
+def _layout(tensors) -> str:
+    """The inputs' nesting, dtypes and shapes as text (None where a field is absent); dicts by sorted
+    key, as `tf.nest` flattens them, whatever order they were built in."""
+    def canonical(value):
+        if isinstance(value, dict):
+            return {key: canonical(value[key]) for key in sorted(value)}
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            return type(value)(canonical(item) for item in value)
+        return value
+
+    described = tf.nest.map_structure(
+        lambda leaf: None if leaf is None else f"{tf.as_dtype(leaf.dtype).name}{list(leaf.shape)}", tensors)
+    return repr(canonical(described))
+
+
+def _library(concrete) -> function_pb2.FunctionDefLibrary:
+    """The traced function and every function it calls (loop bodies, branches)."""
+    library = function_pb2.FunctionDefLibrary()
+    library.function.append(concrete.function_def)
+    seen = {concrete.function_def.signature.name}
+    for fdef in concrete.graph.as_graph_def().library.function:
+        if fdef.signature.name not in seen:
+            library.function.append(fdef)
+            seen.add(fdef.signature.name)
+    return library
+
+
+def _rename(library, suffix: str) -> Dict[str, str]:
+    """Give every function a name derived from the entry (the same in every process, so XLA's HLO
+    and its cache key are too) and point every call at the new names."""
+    names = {fdef.signature.name: fdef.signature.name + suffix for fdef in library.function}
+    for fdef in library.function:
+        fdef.signature.name = names[fdef.signature.name]
+        for node in fdef.node_def:
+            node.op = names.get(node.op, node.op)
+            for attr in node.attr.values():
+                kind = attr.WhichOneof("value")
+                if kind == "func":
+                    attr.func.name = names.get(attr.func.name, attr.func.name)
+                elif kind == "list":
+                    for function in attr.list.func:
+                        function.name = names.get(function.name, function.name)
+    return names
+
+
+def _register(library) -> None:
+    ctx = context.context()
+    for fdef in reversed(library.function):  # callees first
+        if not ctx.has_function(fdef.signature.name):
+            ctx.add_function_def(fdef)
+
+
+def _listing(directory: Optional[str]) -> set:
+    if directory is None:
+        return set()
+    try:
+        return set(os.listdir(directory))
+    except OSError:
+        return set()
+
+
+def _link_xla_files(entry_path: str, names) -> None:
+    """Put a restored entry's XLA executables where TensorFlow looks (hard links: entries are only
+    ever replaced whole, never written in place, so a link always holds a checked file)."""
+    directory = cache.xla_directory()
+    if directory is None or not names:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name in names:
+        target = os.path.join(directory, name[len(_XLA_PREFIX):])
+        if os.path.exists(target):
+            continue
+        try:
+            os.link(os.path.join(entry_path, name), target)
+        except OSError:
+            shutil.copyfile(os.path.join(entry_path, name), target)
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    from tfgen._keras_env import native_stderr_silenced
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
+        yield
+        return
+    with native_stderr_silenced():
+        yield
+
+
+def model_fingerprint(lm, variables) -> str:
+    """What, besides the weights' values, shapes the traced graph: the adapter's class, its plain
+    attributes (sizes, ids, epsilon, numpy constants such as RoPE frequencies), its config and the
+    weights' names, shapes and dtypes. Weights' values are inputs, so models that differ only in
+    them share programs."""
+    parts = [f"{type(lm).__module__}.{type(lm).__qualname__}"]
+    for name, value in sorted(vars(lm).items()):
+        parts.append(f"{name}={_describe(value)}")
+    config = getattr(lm, "config", None)
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    parts.append(json.dumps(config, sort_keys=True, default=str))
+    parts += [f"{v.name}:{v.dtype.name}{list(v.shape)}" for v in variables]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _describe(value) -> str:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}{list(value.shape)}:{hashlib.sha256(value.tobytes()).hexdigest()[:16]}"
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return repr(value)
+    if isinstance(value, tf.DType):
+        return value.name
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return type(value).__qualname__  # models, layers, blocks: their weights are the variables
