@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfgen.decoding import steps as loop_steps
+from tfgen.decoding.params import left_pad
 from tfgen.models.base import positions_from_mask
 
 PAD = 50256  # GPT-2's EOS, used as the pad id of the `tiny` model's batches
@@ -23,17 +24,6 @@ PROMPTS = {
     "shocking": [818, 257, 14702, 4917, 11, 5519, 5071],  # "In a shocking finding, scientists discovered"
     "once": [7454, 2402, 257, 640],  # "Once upon a time"
 }
-
-
-def left_pad(rows, pad):
-    """Left-pad lists of ids to one width: (ids, mask), int32."""
-    width = max(len(r) for r in rows)
-    ids = np.full([len(rows), width], pad, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 def hf_generate(gen, ids, mask, max_new_tokens, min_new_tokens=0, **params):

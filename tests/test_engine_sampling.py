@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfgen.decoding import noise, processors
+from tfgen.decoding import params as loop_params
 from tfgen.models.base import positions_from_mask
 
 PAD = 50256
@@ -20,13 +21,7 @@ HELLO = [15496]  # "Hello"
 
 
 def left_pad(rows, pad=PAD):
-    width = max(len(r) for r in rows)
-    ids = np.full([len(rows), width], pad, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask
+    return loop_params.left_pad(rows, pad)
 
 
 # -- numpy references: Hugging Face's processors, per row -------------------------------------

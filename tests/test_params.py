@@ -10,11 +10,13 @@ from tfgen.decoding import params
 
 def _rows():
     return dict(max_new_tokens=[5, 9], top_k=[0, 7], repetition_penalty=[1.0, 1.3], top_p=[0.9, 1.0],
-                temperature=[0.7, 1.2], seed=[11, 12], do_sample=[True, False])
+                temperature=[0.7, 1.2], seed=[11, 12], do_sample=[True, False], min_new_tokens=[2, 3],
+                presence_penalty=[0.5, 0.0], frequency_penalty=[0.0, 1.0], min_p=[0.1, 0.0],
+                typical_p=[1.0, 0.9], ignore_eos=[False, True])
 
 
 def test_sampling_params_same_eagerly_and_in_a_graph():
-    scalars = dict(first_slot=3, eos_token_id=50256, pad_token_id=50256, min_new_tokens=2)
+    scalars = dict(first_slot=3, eos_token_id=50256, pad_token_id=50256, no_repeat_ngram_size=2)
     eager = params.sampling_params({k: np.asarray(v) for k, v in _rows().items()}, 4, **scalars)
 
     @tf.function
@@ -23,11 +25,13 @@ def test_sampling_params_same_eagerly_and_in_a_graph():
 
     graph = in_graph({k: tf.constant(v) for k, v in _rows().items()})
     for name, value in eager._asdict().items():
-        if name == "stops":
-            assert value is None and graph.stops is None
+        if name in ("stops", "rules"):
+            assert value == getattr(graph, name) == (None if name == "stops" else params.TokenRules())
             continue
         np.testing.assert_array_equal(value.numpy(), getattr(graph, name).numpy(), err_msg=name)
-    assert eager.first_slot.numpy() == 3 and eager.min_new_tokens.numpy() == 2
+    assert eager.first_slot.numpy() == 3 and eager.no_repeat_ngram_size.numpy() == 2
+    assert eager.min_new_tokens.numpy().tolist() == [2, 3, 0, 0]
+    assert eager.ignore_eos.numpy().tolist() == [False, True, False, False]
     # Filler rows: greedy, one step, everything else copied from the first row.
     assert eager.do_sample.numpy().tolist() == [True, False, False, False]
     assert eager.max_new_tokens.numpy().tolist() == [5, 9, 1, 1]

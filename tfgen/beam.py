@@ -47,6 +47,8 @@ PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 # Settings that are one value per `complete` call: rows that differ in them run as separate calls.
 _CALL_FIELDS = tuple(name for name in PARAMETERS if name not in PER_ROW_FIELDS and name != "stop")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+# Settings whose one value is itself a list or a mapping (JSON keys of logit_bias are strings).
+_STRUCTURED = ("stop", "logit_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -87,12 +89,22 @@ def parse_row(line: Any, defaults: Optional[Dict[str, Any]] = None) -> Dict[str,
     params.update({name: row[name] for name in PARAMETERS if row.get(name) is not None})
     try:
         for name, value in params.items():
-            if isinstance(value, (list, dict)) and name != "stop":
+            if isinstance(value, (list, dict)) and name not in _STRUCTURED:
                 raise TypeError(f"{name} takes one value per row, got {value!r}")
+        if isinstance(params.get("logit_bias"), dict):
+            params["logit_bias"] = _int_keys(params["logit_bias"])
         GenerationConfig(**params).validate()
     except (TypeError, ValueError) as error:
         return dead_letter(text, str(error))
     return {"fields": row, "params": params, "line": text}
+
+
+def _int_keys(bias: dict) -> dict:
+    """logit_bias as JSON writes it ({"50256": -100}) -> {50256: -100}."""
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except (TypeError, ValueError):
+        raise TypeError(f"logit_bias keys must be token ids, got {sorted(bias)!r}") from None
 
 
 def dead_letter(line: str, error: str) -> Dict[str, str]:
@@ -182,6 +194,16 @@ def _isolating(run, elements: List[dict], errors: tuple) -> List[dict]:
         return [out for element in elements for out in _isolating(run, [element], errors)]
 
 
+def _call_settings(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings `TextGenerator.complete` takes once per call (beam search: max_new_tokens and
+    min_new_tokens too); the rest are per row."""
+    settings = {name: params.get(name, _DEFAULTS[name]) for name in _CALL_FIELDS}
+    if settings["num_beams"] > 1:
+        for name in ("max_new_tokens", "min_new_tokens"):
+            settings[name] = params.get(name, _DEFAULTS[name])
+    return settings
+
+
 class TFGenModelHandler(_Handler):
     """RunInference handler that generates with a live tfgen model (`tfgen.load(spec)`).
 
@@ -227,13 +249,12 @@ class TFGenModelHandler(_Handler):
         config = GenerationConfig(**params)
         config.validate(vocab_size=model.vocab_size)
         config.check_fits(len(model.prompt_ids(element["fields"]["prompt"])), model.lm.max_positions)
-        settings = {name: params.get(name, _DEFAULTS[name]) for name in _CALL_FIELDS}
-        if settings["num_beams"] > 1:  # beam search takes one max_new_tokens per call
-            settings["max_new_tokens"] = params.get("max_new_tokens", _DEFAULTS["max_new_tokens"])
-        return tuple(sorted(settings.items())), tuple(stop_list(params.get("stop")))
+        # Rows that agree on every per-call setting (lists and mappings included) share a call.
+        settings = json.dumps(_call_settings(params), sort_keys=True, default=str)
+        return settings, tuple(stop_list(params.get("stop")))
 
     def _run(self, model, elements: List[dict], key: tuple) -> List[dict]:
-        settings, stop = dict(key[0]), list(key[1])
+        settings, stop = _call_settings(elements[0]["params"]), list(key[1])  # the group shares them
         rows = {name: [element["params"].get(name, _DEFAULTS[name]) for element in elements]
                 for name in PER_ROW_FIELDS if name not in settings}
         completions = model.complete([element["fields"]["prompt"] for element in elements],
@@ -246,7 +267,9 @@ class TFGenModelHandler(_Handler):
 # Settings the exported `generate` signature does not take: rows that set them to anything but
 # the default become dead letters there.
 _SAVED_MODEL_FIXED = ("min_new_tokens", "no_repeat_ngram_size", "num_beams", "num_return_sequences",
-                      "eos_token_id", "pad_token_id")
+                      "eos_token_id", "pad_token_id", "presence_penalty", "frequency_penalty", "min_p",
+                      "typical_p", "logit_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                      "ignore_eos")
 
 
 class SavedModelHandler(_Handler):

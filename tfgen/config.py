@@ -46,8 +46,19 @@ ROW_FIELDS = (  # in the order the checks run
     RowField("top_p", np.float32, float, low=0.0, high=1.0, low_open=True),
     RowField("temperature", np.float32, float, low=0.0, low_open=True),  # > 0 checked when sampling
     RowField("seed", np.int64, int, low=0, high=2**63 - 1),
+    RowField("min_new_tokens", np.int32, int, low=0, filler=0),
+    RowField("presence_penalty", np.float32, float, low=-2.0, high=2.0, filler=0.0),
+    RowField("frequency_penalty", np.float32, float, low=-2.0, high=2.0, filler=0.0),
+    RowField("min_p", np.float32, float, low=0.0, high=1.0, filler=0.0),
+    RowField("typical_p", np.float32, float, low=0.0, high=1.0, low_open=True, filler=1.0),
     RowField("do_sample", np.bool_, bool, filler=False, per_row_in_api=False),
+    RowField("ignore_eos", np.bool_, bool, filler=False, per_row_in_api=False),
 )
+# Fields that are one Python value per call but a per-row tensor in the loop.
+_FLAGS = ("do_sample", "ignore_eos")
+# Per-row fields only greedy search and sampling take (beam search refuses values other than these).
+SAMPLING_ONLY = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "min_p": 0.0, "typical_p": 1.0,
+                 "ignore_eos": False}
 ROW_FIELD = {field.name: field for field in ROW_FIELDS}
 
 # Parameters that may hold one value per row in `generate_ids` (and in the exported `generate`
@@ -82,6 +93,16 @@ class GenerationConfig:
             the batch. None draws a fresh seed per call (per row: a None entry, a fresh seed for
             that row).
         stop: strings that end a row; the stop string and what follows are cut from the text.
+        presence_penalty, frequency_penalty: OpenAI's penalties in [-2, 2], over the generated
+            tokens only: a token's logit drops by frequency_penalty per time it was generated and
+            by presence_penalty once it was (greedy search and sampling).
+        min_p: sampling keeps tokens at least min_p times as likely as the most likely (0 off).
+        typical_p: locally typical sampling: the most typical tokens whose mass reaches typical_p.
+        logit_bias: {token id: bias} added to those logits at every step (-100 bans, +100 forces).
+        bad_words_ids: token sequences that must not be generated (Hugging Face's semantics: the
+            last token of a sequence is banned where the tokens before it were just produced).
+        suppress_tokens: token ids never generated; begin_suppress_tokens: not as the first token.
+        ignore_eos: keep generating after EOS until max_new_tokens (EOS is then ordinary text).
 
     Example:
         >>> import tfgen
@@ -90,7 +111,7 @@ class GenerationConfig:
     """
 
     max_new_tokens: Any = 20
-    min_new_tokens: int = 0
+    min_new_tokens: Any = 0
     do_sample: bool = False
     temperature: Any = 1.0
     top_k: Any = 50
@@ -105,6 +126,15 @@ class GenerationConfig:
     pad_token_id: Optional[int] = None
     seed: Any = None
     stop: Optional[Sequence[str]] = None
+    presence_penalty: Any = 0.0
+    frequency_penalty: Any = 0.0
+    min_p: Any = 0.0
+    typical_p: Any = 1.0
+    logit_bias: Optional[dict] = None
+    bad_words_ids: Optional[Sequence[Sequence[int]]] = None
+    suppress_tokens: Optional[Sequence[int]] = None
+    begin_suppress_tokens: Optional[Sequence[int]] = None
+    ignore_eos: bool = False
 
     @classmethod
     def from_any(cls, config: Any = None, **overrides: Any) -> "GenerationConfig":
@@ -144,10 +174,10 @@ class GenerationConfig:
         """
         check_int("num_beams", self.num_beams, low=1)
         check_int("num_return_sequences", self.num_return_sequences, low=1)
-        check_int("min_new_tokens", self.min_new_tokens, low=0)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, low=0)
-        if not isinstance(self.do_sample, (bool, np.bool_)):
-            raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.early_stopping not in _EARLY_STOPPING_VALUES or isinstance(self.early_stopping, (int, float)) and \
                 not isinstance(self.early_stopping, bool):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
@@ -165,9 +195,14 @@ class GenerationConfig:
             if self.do_sample:
                 raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; "
                                  "use num_beams=1 for sampling or do_sample=False for beam search")
-            if isinstance(self.max_new_tokens, (list, tuple, np.ndarray)):
-                raise ValueError("beam search takes one max_new_tokens for the whole batch, got per-row "
-                                 f"values {self.max_new_tokens!r}")
+            for name in ("max_new_tokens", "min_new_tokens"):
+                if isinstance(getattr(self, name), (list, tuple, np.ndarray)):
+                    raise ValueError(f"beam search takes one {name} for the whole batch, got per-row "
+                                     f"values {getattr(self, name)!r}")
+            for name, neutral in SAMPLING_ONLY.items():
+                if np.any(np.asarray(getattr(self, name)) != neutral):
+                    raise ValueError(f"{name} applies to greedy search and sampling, not to beam search "
+                                     f"(num_beams={self.num_beams})")
         elif not self.do_sample and self.num_return_sequences > 1:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} with greedy search would repeat the "
@@ -175,8 +210,9 @@ class GenerationConfig:
             )
         stop_list(self.stop)  # raises on a malformed stop
 
+        _check_token_ids(self, vocab_size)
         for field in ROW_FIELDS:
-            if field.name == "do_sample" or field.name == "seed" and self.seed is None:
+            if field.name in _FLAGS or field.name == "seed" and self.seed is None:
                 continue
             if field.name == "temperature" and not self.do_sample:
                 field = field._replace(low=None)  # greedy ignores the temperature
@@ -224,6 +260,35 @@ class GenerationConfig:
                 _check_number(name, item, kind, low, high, low_open)
         else:
             _check_number(name, value, kind, low, high, low_open)
+
+
+def _check_token_ids(config: "GenerationConfig", vocab_size: Optional[int]) -> None:
+    """logit_bias, bad_words_ids, suppress_tokens, begin_suppress_tokens: types, and ids below vocab_size."""
+    high = None if vocab_size is None else vocab_size - 1
+    bias = config.logit_bias
+    if bias is not None:
+        if not isinstance(bias, dict) or not bias:
+            raise TypeError(f"logit_bias must be a non-empty dict {{token id: bias}}, got {bias!r}")
+        for token, value in bias.items():
+            check_int("logit_bias token id", token, low=0, high=high)
+            _check_float(f"logit_bias[{token}]", value)
+    words = config.bad_words_ids
+    if words is not None:
+        if not isinstance(words, (list, tuple)) or not words:
+            raise TypeError(f"bad_words_ids must be a non-empty list of token id lists, got {words!r}")
+        for sequence in words:
+            if not isinstance(sequence, (list, tuple)) or not sequence:
+                raise ValueError("bad_words_ids: each banned sequence must be a non-empty list of token "
+                                 f"ids, got {sequence!r}")
+            for token in sequence:
+                check_int("bad_words_ids token id", token, low=0, high=high)
+    for name in ("suppress_tokens", "begin_suppress_tokens"):
+        tokens = getattr(config, name)
+        if tokens is not None:
+            if not isinstance(tokens, (list, tuple)):
+                raise TypeError(f"{name} must be a list of token ids, got {tokens!r}")
+            for token in tokens:
+                check_int(f"{name} token id", token, low=0, high=high)
 
 
 def stop_list(stop: Any) -> List[str]:

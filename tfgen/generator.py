@@ -130,35 +130,47 @@ class TextGenerator:
         """Cosine similarity of two words' input embeddings."""
         return inspection.similarity(self, a, b)
 
-    def score(self, text: str) -> np.ndarray:
+    def score(self, text: Union[str, Sequence[str]]) -> Union[np.ndarray, List[np.ndarray]]:
         """The log-probability (natural log) of each token of `text` given the tokens before it.
 
         The first token is scored given the model's BOS token (SmolLM2: `<|im_start|>`, GPT-2:
         `<|endoftext|>`), so every token of the text gets a score. `-score(text).mean()` is the
         negative log-likelihood per token, its exp the perplexity. One eager forward pass, the
-        same adapter that generates.
+        same adapter that generates; a list of texts is one left-padded batch (the prompt
+        log-probabilities of several texts at once, OpenAI's `echo`).
 
         Returns:
-            float32 [len(tokenize(text))].
+            float32 [len(tokenize(text))]; for a list, one such array per text.
 
         Raises:
             ValueError: empty text, or text longer than the model's context (BOS included).
 
         Example:
             >>> nll = -gen.score("The cat sat on the mat.").mean()
+            >>> [s.sum() for s in gen.score(["A cat.", "A dog sat."])]
         """
-        ids = self.tokenize(text)
-        if not ids:
-            raise ValueError("text must contain at least one token to score")
-        ids = [self.lm.bos_token_id] + ids
-        if len(ids) > self.lm.max_positions:
-            raise ValueError(f"text has {len(ids) - 1} tokens; with BOS that exceeds the model's context of "
-                             f"{self.lm.max_positions}; shorten it")
+        single = isinstance(text, str)
+        texts = [text] if single else text
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise TypeError("text must be a string or a non-empty list of strings")
+        encoded = []
+        for index, item in enumerate(texts):
+            ids = self.tokenize(item)
+            where = "" if single else f" (text {index})"
+            if not ids:
+                raise ValueError(f"text must contain at least one token to score{where}")
+            if len(ids) + 1 > self.lm.max_positions:
+                raise ValueError(f"text has {len(ids)} tokens; with BOS that exceeds the model's context of "
+                                 f"{self.lm.max_positions}; shorten it{where}")
+            encoded.append([self.lm.bos_token_id] + ids)
         import tensorflow as tf
 
-        hidden, _ = full_forward(self.lm, [ids], [[1] * len(ids)])
-        log_probs = tf.nn.log_softmax(self.lm.logits(hidden[0, :-1]), axis=-1)  # [T, V]
-        return tf.gather(log_probs, ids[1:], axis=1, batch_dims=1).numpy()
+        ids, mask = loop_params.left_pad(encoded, self.lm.pad_token_id)
+        hidden, _ = full_forward(self.lm, ids, mask)
+        log_probs = tf.nn.log_softmax(self.lm.logits(hidden[:, :-1]), axis=-1)  # [B, T, V]
+        chosen = tf.gather(log_probs, ids[:, 1:], axis=2, batch_dims=2).numpy()  # [B, T]
+        scores = [chosen[row, ids.shape[1] - len(tokens):] for row, tokens in enumerate(encoded)]
+        return scores[0] if single else scores
 
     def chat_prompt(self, message: str) -> str:
         """`message` as a user turn in the model's chat template, ready for the assistant's reply.
@@ -282,8 +294,15 @@ class TextGenerator:
 
     # -- helpers ------------------------------------------------------------------------------
     def prompt_ids(self, text: str) -> List[int]:
-        """A prompt's ids; an empty prompt starts from the BOS token."""
-        return self.tokenize(text) or [self.lm.bos_token_id]
+        """A prompt's ids as the model runs them: an empty prompt starts from the BOS token, and so
+        does every prompt of a model whose tokenizer adds BOS (`add_bos_token`: Gemma, Llama 2,
+        KerasHub models, as llama.cpp and KerasHub's preprocessors do) unless the text already
+        begins with it (a chat template that writes it)."""
+        ids = self.tokenize(text)
+        bos = self.lm.bos_token_id
+        if not ids or getattr(self.tokenizer, "add_bos_token", False) and ids[0] != bos:
+            ids = [bos] + ids
+        return ids
 
     def graph_module(self, **options):
         """Generation as TensorFlow functions on tensors, for use inside your own TF code.

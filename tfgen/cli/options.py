@@ -53,6 +53,15 @@ _GENERATION_ARGUMENTS = {
     "num_return_sequences": dict(type=int, metavar="N", help="outputs per prompt (1)"),
     "seed": dict(type=int, metavar="S", help="makes sampling reproducible"),
     "stop": dict(action="append", metavar="STR", help="end the text at STR (repeatable)"),
+    "presence_penalty": dict(type=float, metavar="X", help="OpenAI's, over generated tokens, -2..2 (0: off)"),
+    "frequency_penalty": dict(type=float, metavar="X", help="OpenAI's, per occurrence, -2..2 (0: off)"),
+    "min_p": dict(type=float, metavar="P", help="keep tokens >= P x the most likely's probability (0: off)"),
+    "typical_p": dict(type=float, metavar="P", help="locally typical sampling mass (1.0: off)"),
+    "logit_bias": dict(action="append", type=lambda v: _bias_entry(v), metavar="ID:BIAS",
+                       help="add BIAS to token ID's logit (repeatable; -100 bans, +100 forces)"),
+    "suppress_tokens": dict(type=lambda v: _id_list(v), metavar="IDS",
+                            help="token ids never generated (1,2,3)"),
+    "ignore_eos": dict(action="store_const", const=True, help="generate max-new-tokens even past EOS"),
 }
 GENERATION_OPTIONS = tuple(_GENERATION_ARGUMENTS)
 
@@ -81,6 +90,21 @@ def add_generation_options(parser: argparse.ArgumentParser, title: str,
     return group
 
 
+def _bias_entry(value: str):
+    token, sep, bias = value.partition(":")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID:BIAS such as 50256:-100, got {value!r}") from None
+
+
+def _id_list(value: str):
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {value!r}") from None
+
+
 def parse_early_stopping(value: str):
     """--early-stopping's word as `GenerationConfig.early_stopping` takes it: True, False or "never"."""
     return _EARLY_STOPPING[value]
@@ -97,6 +121,8 @@ def generation_params(args: argparse.Namespace) -> Dict[str, Any]:
     params = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
     if "early_stopping" in params:
         params["early_stopping"] = parse_early_stopping(params["early_stopping"])
+    if "logit_bias" in params:
+        params["logit_bias"] = dict(params["logit_bias"])
     GenerationConfig(**params).validate()
     return params
 

@@ -35,26 +35,46 @@ class StopTables(NamedTuple):
     token_lengths: tf.Tensor
 
 
+class TokenRules(NamedTuple):
+    """Per-call token controls, each None when not given (the loop then skips it entirely).
+
+    logit_bias float32 [V]; bad_words int32 [S, W] (banned sequences right-aligned, left-padded
+    with -1); suppress / begin_suppress bool [V] (tokens never generated / not as the first one).
+    """
+
+    logit_bias: Optional[tf.Tensor] = None
+    bad_words: Optional[tf.Tensor] = None
+    suppress: Optional[tf.Tensor] = None
+    begin_suppress: Optional[tf.Tensor] = None
+
+
 class SamplingParams(NamedTuple):
     """What greedy search and sampling take (`tfgen.decoding.sampling.loop`).
 
-    The first seven are per row [B] (`tfgen.config.ROW_FIELDS`); the rest are scalars. first_slot
-    is the slot of the longest prompt's first token (slots before it are bucket padding).
-    `stops` None: no stop strings end rows inside the loop.
+    The fields up to ignore_eos are per row [B] (`tfgen.config.ROW_FIELDS`); then scalars:
+    first_slot is the slot of the longest prompt's first token (slots before it are bucket
+    padding). `rules` holds the per-call token controls; `stops` None: no stop strings end rows
+    inside the loop.
     """
 
-    do_sample: tf.Tensor
-    temperature: tf.Tensor
-    top_k: tf.Tensor
-    top_p: tf.Tensor
-    repetition_penalty: tf.Tensor
     max_new_tokens: tf.Tensor
+    top_k: tf.Tensor
+    repetition_penalty: tf.Tensor
+    top_p: tf.Tensor
+    temperature: tf.Tensor
     seed: tf.Tensor
     min_new_tokens: tf.Tensor
+    presence_penalty: tf.Tensor
+    frequency_penalty: tf.Tensor
+    min_p: tf.Tensor
+    typical_p: tf.Tensor
+    do_sample: tf.Tensor
+    ignore_eos: tf.Tensor
     no_repeat_ngram_size: tf.Tensor
     eos_token_id: tf.Tensor
     pad_token_id: tf.Tensor
     first_slot: tf.Tensor
+    rules: TokenRules = TokenRules()
     stops: Optional[StopTables] = None
 
 
@@ -76,6 +96,7 @@ class BeamParams(NamedTuple):
     eos_token_id: tf.Tensor
     pad_token_id: tf.Tensor
     first_slot: tf.Tensor
+    rules: TokenRules = TokenRules()
 
 
 # -- buckets ------------------------------------------------------------------------------------
@@ -188,24 +209,24 @@ def column(name: str, values, padded_batch):
 
 
 def sampling_params(rows: dict, padded_batch, *, first_slot, eos_token_id: int, pad_token_id: int,
-                    min_new_tokens=0, no_repeat_ngram_size=0,
+                    no_repeat_ngram_size=0, rules: TokenRules = TokenRules(),
                     stops: Optional[StopTables] = None) -> SamplingParams:
     """Build the loop's `SamplingParams`, eagerly (numpy values) or inside a graph (tensors).
 
     Args:
         rows: every `ROW_FIELDS` name -> one value per real row ([n] array or tensor).
         padded_batch: the batch bucket; rows past n get each field's filler.
-        first_slot, eos_token_id, pad_token_id, min_new_tokens, no_repeat_ngram_size: scalars.
-        stops: the in-loop stop tables, or None.
+        first_slot, eos_token_id, pad_token_id, no_repeat_ngram_size: scalars.
+        rules: the per-call token controls (`token_rules`); stops: the in-loop stop tables, or None.
     """
     columns = {field.name: column(field.name, rows[field.name], padded_batch) for field in ROW_FIELDS}
-    return SamplingParams(**columns, **_processor_scalars(min_new_tokens, no_repeat_ngram_size, eos_token_id,
-                                                          pad_token_id, first_slot), stops=stops)
+    return SamplingParams(**columns, **_processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id,
+                                                          first_slot), rules=rules, stops=stops)
 
 
 def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slot, eos_token_id: int,
                 pad_token_id: int, length_penalty=1.0, early_stopping=False, min_new_tokens=0,
-                no_repeat_ngram_size=0) -> BeamParams:
+                no_repeat_ngram_size=0, rules: TokenRules = TokenRules()) -> BeamParams:
     """Build the loop's `BeamParams` (eagerly or in a graph).
 
     Args:
@@ -221,13 +242,47 @@ def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slo
         length_penalty=tf.constant(length_penalty, tf.float32),
         early_stopping_true=tf.constant(early_stopping is True),
         early_stopping_never=tf.constant(early_stopping == "never"),
-        **_processor_scalars(min_new_tokens, no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot),
+        min_new_tokens=tf.constant(min_new_tokens, tf.int32),
+        **_processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot),
+        rules=rules,
     )
 
 
-def _processor_scalars(min_new_tokens, no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot) -> dict:
+def token_rules(vocab_size: int, logit_bias=None, bad_words_ids=None, suppress_tokens=None,
+                begin_suppress_tokens=None, eos_token_id: Optional[int] = None) -> TokenRules:
+    """The per-call token controls as tensors (validated values: `GenerationConfig.validate`).
+
+    As Hugging Face's `NoBadWordsLogitsProcessor`, a banned sequence that is just [EOS] is
+    dropped (EOS ends rows; banning it is min_new_tokens' or suppress_tokens' job).
+    """
+    bias = None
+    if logit_bias:
+        dense = np.zeros([vocab_size], np.float32)
+        for token, value in logit_bias.items():
+            dense[int(token)] += float(value)
+        bias = tf.constant(dense)
+    words = None
+    sequences = [list(s) for s in (bad_words_ids or []) if list(s) != [eos_token_id]]
+    if sequences:
+        width = bucket(max(len(s) for s in sequences), (2, 4, 8, 16, 32))
+        table = np.full([bucket(len(sequences), (4, 16, 64, 256)), width], -1, np.int32)
+        for row, sequence in enumerate(sequences):
+            table[row, width - len(sequence):] = sequence
+        table[len(sequences):] = table[0]  # filler rows repeat a real one (a row of -1s bans token 0)
+        words = tf.constant(table)
+
+    def mask(tokens):
+        if not tokens:
+            return None
+        dense = np.zeros([vocab_size], bool)
+        dense[list(tokens)] = True
+        return tf.constant(dense)
+
+    return TokenRules(bias, words, mask(suppress_tokens), mask(begin_suppress_tokens))
+
+
+def _processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot) -> dict:
     return dict(
-        min_new_tokens=tf.cast(min_new_tokens, tf.int32),
         no_repeat_ngram_size=tf.cast(no_repeat_ngram_size, tf.int32),
         eos_token_id=tf.cast(eos_token_id, tf.int32),
         pad_token_id=tf.cast(pad_token_id, tf.int32),
@@ -239,9 +294,12 @@ def _processor_scalars(min_new_tokens, no_repeat_ngram_size, eos_token_id, pad_t
 def check_rows_graph(rows: dict, batch, max_new_tokens_limit: int) -> List[tf.Operation]:
     """Assertions for per-row tensors that reach a served model: one value per prompt, each in its
     `ROW_FIELDS` range (temperature > 0 only where do_sample; seeds are any int64), max_new_tokens
-    up to the export's limit. The messages name the parameter, as the Python checks do."""
+    up to the export's limit. Only the fields in `rows` (a signature's inputs) are checked. The
+    messages name the parameter, as the Python checks do."""
     checks = []
     for field in ROW_FIELDS:
+        if field.name not in rows:
+            continue
         values = rows[field.name]
         checks.append(tf.debugging.assert_equal(tf.size(values), batch,
                                                 message=f"{field.name}: one value per prompt"))

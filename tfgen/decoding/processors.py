@@ -1,9 +1,11 @@
 """Logits processors: pure TensorFlow functions over scores [batch, vocab], parameters per row.
 
-They follow Hugging Face's `tf_logits_process.py` in what they compute and in the order the
-decoding loops apply them (repetition penalty, no-repeat n-gram, min length; then for sampling
-temperature, top-k, top-p), but every parameter is a tensor with one value per row, so one
-compiled program serves any mix of parameters.
+They follow Hugging Face's logits processors in what they compute and in the order the decoding
+loops apply them (`tfgen.decoding.steps.apply_processors`: logit bias, repetition penalty,
+no-repeat n-gram, bad words, min new tokens, suppress tokens, suppress at begin; then for every
+greedy/sampling row presence and frequency penalties (OpenAI's, which Hugging Face lacks); then for
+sampling rows temperature, top-k, top-p, min-p, typical-p), but every numeric parameter is a tensor
+with one value per row, so one compiled program serves any mix of parameters.
 
 Top-k and top-p need no sort of the vocabulary: the threshold is found by bisection over the
 bits of the float32 values (an order-preserving map to int32), 32 masked counts or sums over
@@ -29,6 +31,60 @@ def repetition_penalty(scores, seen, penalty):
     # The same float operations as Hugging Face: multiply by 1/p, not divide by p.
     factor = tf.where(scores > 0, 1.0 / penalty, tf.where(scores < 0, penalty, 0.0))
     return tf.where(seen, scores * factor, scores)
+
+
+def logit_bias(scores, bias):
+    """Add a bias [V] to every row's scores (OpenAI's `logit_bias`, Hugging Face's single-token
+    `sequence_bias`): -100 or less effectively bans a token, +100 or more effectively forces it."""
+    return scores + bias[None, :]
+
+
+def presence_frequency_penalty(scores, counts, presence, frequency):
+    """OpenAI's penalties over the tokens generated so far (not the prompt):
+    scores[j] -= counts[j] * frequency + (counts[j] > 0) * presence.
+
+    Args:
+        scores: float [B, V]; counts: int32 [B, V], how often each token was generated;
+        presence, frequency: float [B] (0 leaves a row unchanged; negative values encourage).
+    """
+    counts = tf.cast(counts, scores.dtype)
+    penalty = counts * frequency[:, None] + tf.cast(counts > 0, scores.dtype) * presence[:, None]
+    return scores - penalty
+
+
+def bad_words(scores, tokens, cur_len, words, first_slot=0):
+    """Hugging Face's `NoBadWordsLogitsProcessor`: ban the last token of every banned sequence whose
+    other tokens are the last tokens of the row (a one-token sequence is always banned).
+
+    Args:
+        scores: float [B, V].
+        tokens: int32 [B, L], the sequence buffer (prompt included, as Hugging Face's input_ids);
+            slots >= cur_len are ignored, slots < first_slot are bucket padding.
+        words: int32 [S, W], the banned sequences right-aligned and left-padded with -1.
+    """
+    length = tf.shape(tokens)[1]
+    width = tf.shape(words)[1]
+    slots = tf.range(length)
+    # -2 matches no token and no padding marker: windows reaching into bucket padding never match.
+    tokens = tf.where((slots >= first_slot)[None, :], tf.cast(tokens, tf.int32), -2)
+    # The last width - 1 tokens before cur_len, [B, W - 1] (clipped reads are masked by -2 below).
+    offsets = cur_len - (width - 1) + tf.range(width - 1)
+    previous = tf.gather(tokens, tf.clip_by_value(offsets, 0, length - 1), axis=1)
+    previous = tf.where((offsets >= 0)[None, :], previous, -2)
+    prefix = words[:, :-1]  # [S, W - 1]
+    match = tf.reduce_all((prefix[None] == previous[:, None]) | (prefix[None] < 0), axis=-1)  # [B, S]
+    # As Hugging Face: a sequence longer than the input so far (prompt included) never matches.
+    lengths = tf.reduce_sum(tf.cast(words >= 0, tf.int32), axis=1)  # [S]
+    match &= (lengths <= cur_len - first_slot)[None, :]
+    last = tf.maximum(words[:, -1], 0)  # [S]
+    banned = tf.reduce_any(match[:, :, None] & tf.equal(last[None, :, None], tf.range(tf.shape(scores)[1])),
+                           axis=1)  # [B, V]
+    return tf.where(banned, NEG_INF, scores)
+
+
+def suppress(scores, mask):
+    """Hugging Face's `SuppressTokensLogitsProcessor`: tokens where mask [V] is True get -inf."""
+    return tf.where(mask[None, :], NEG_INF, scores)
 
 
 def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
@@ -84,6 +140,40 @@ def min_new_tokens(scores, step, minimum, eos_token_id):
     is_eos = tf.equal(tf.range(tf.shape(scores)[1]), eos_token_id)[None, :]
     block = tf.reshape(tf.cast(step, tf.int32) < tf.cast(minimum, tf.int32), [-1, 1])
     return tf.where(is_eos & block, NEG_INF, scores)
+
+
+def min_p(scores, value):
+    """Hugging Face's `MinPLogitsWarper`: keep tokens whose probability is at least value [B] times
+    the most likely token's (0 = off; the most likely token always stays)."""
+    value = tf.cast(value, tf.float32)
+
+    def filtered():
+        probs = tf.nn.softmax(scores, axis=-1)
+        threshold = value[:, None] * tf.reduce_max(probs, axis=-1, keepdims=True)
+        return tf.where((probs >= threshold) | (value <= 0.0)[:, None], scores, NEG_INF)
+
+    return tf.cond(tf.reduce_any(value > 0.0), filtered, lambda: scores)
+
+
+def typical_p(scores, mass):
+    """Hugging Face's `TypicalLogitsWarper` (locally typical sampling): keep the tokens whose
+    surprisal is closest to the distribution's entropy, fewest first, until their probability
+    reaches mass [B] (1.0 = off). The cut is found by bisection instead of a vocabulary sort.
+    """
+    mass = tf.cast(mass, tf.float32)
+
+    def filtered():
+        log_probs = tf.nn.log_softmax(scores, axis=-1)
+        probs = tf.exp(log_probs)
+        entropy = -tf.reduce_sum(tf.where(probs > 0, log_probs * probs, 0.0), axis=-1, keepdims=True)
+        shifted = tf.abs(-log_probs - entropy)  # NaN-free: -inf scores give +inf
+        keys = _sortable_bits(-shifted)  # the most typical token has the largest key
+        threshold = _bisect_threshold(
+            keys, lambda mask: tf.reduce_sum(tf.where(mask, probs, 0.0), axis=1) >= mass)
+        keep = keys >= threshold[:, None]
+        return tf.where(keep | (mass >= 1.0)[:, None], scores, NEG_INF)
+
+    return tf.cond(tf.reduce_any(mass < 1.0), filtered, lambda: scores)
 
 
 def temperature(scores, value):

@@ -21,12 +21,15 @@ def choose(logits, state, params, vocab_size):
     step = state["step"]
     cur_len = state["prompt_length"] + step
     scores = steps.apply_processors(logits, state["tokens"], cur_len, step, params, vocab_size)
+    scores = _penalize_generated(scores, state, params, vocab_size)
     sample = params.do_sample
 
     def warp_and_sample():
         warped = processors.temperature(scores, tf.where(sample, params.temperature, 1.0))
         warped = processors.top_k(warped, tf.where(sample, params.top_k, 0))
         warped = processors.top_p(warped, tf.where(sample, params.top_p, 1.0))
+        warped = processors.min_p(warped, tf.where(sample, params.min_p, 0.0))
+        warped = processors.typical_p(warped, tf.where(sample, params.typical_p, 1.0))
         gumbel = noise.gumbel(params.seed, step, vocab_size)
         noisy = tf.where(sample[:, None], warped + gumbel, warped)
         return warped, tf.argmax(noisy, axis=-1, output_type=tf.int32)
@@ -39,13 +42,33 @@ def choose(logits, state, params, vocab_size):
     return tokens, log_probs
 
 
+def _penalize_generated(scores, state, params, vocab_size):
+    """OpenAI's presence and frequency penalties over each row's generated tokens. They come after
+    Hugging Face's processors: every one of those either multiplies a logit (applied before, as
+    vLLM applies repetition before these penalties) or bans it (-inf stays -inf)."""
+    presence, frequency = params.presence_penalty, params.frequency_penalty
+
+    def penalize():
+        prompt_length = state["prompt_length"]
+        counts = steps.token_counts(state["tokens"], prompt_length, prompt_length + state["step"], vocab_size)
+        return processors.presence_frequency_penalty(scores, counts, presence, frequency)
+
+    active = tf.reduce_any(tf.not_equal(presence, 0.0) | tf.not_equal(frequency, 0.0))
+    return tf.cond(active, penalize, lambda: scores)
+
+
+def _row_eos(params):
+    """Each row's EOS id [B]; -1 (no token) for rows that ignore EOS."""
+    return tf.where(params.ignore_eos, -1, params.eos_token_id)
+
+
 def record(state, tokens, log_probs, params):
     """Write the chosen tokens into the state and update which rows finished."""
     finished = state["finished"]
     tokens = tf.where(finished, params.pad_token_id, tokens)
     step = state["step"]
     slot = state["prompt_length"] + step
-    newly_done = tf.equal(tokens, params.eos_token_id) | (step + 1 >= params.max_new_tokens)
+    newly_done = tf.equal(tokens, _row_eos(params)) | (step + 1 >= params.max_new_tokens)
     if params.stops is not None:  # a row also ends when a stop string appears in its text
         tables = params.stops
         window = stops.append(state["stop_window"], tokens, tables.token_bytes, tables.token_lengths)
@@ -128,5 +151,5 @@ def finish(state, params):
     return dict(
         new_tokens=new_tokens,
         log_probs=state["log_probs"],
-        num_generated=steps.generated_lengths(new_tokens, params.eos_token_id, limit),
+        num_generated=steps.generated_lengths(new_tokens, _row_eos(params), limit),
     )

@@ -34,29 +34,38 @@ def write_column(buffer, column, values):
     return tf.where(hit, tf.expand_dims(tf.cast(values, buffer.dtype), -1), buffer)
 
 
-def seen_tokens(tokens, first_slot, cur_len, vocab_size):
-    """bool [B, V]: which tokens occur in tokens[:, first_slot:cur_len]."""
+def token_counts(tokens, first_slot, cur_len, vocab_size):
+    """int32 [B, V]: how often each token occurs in tokens[:, first_slot:cur_len]."""
     slots = tf.range(tf.shape(tokens)[1])
     valid = (slots >= first_slot) & (slots < cur_len)
     batch = tf.shape(tokens)[0]
     rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
     indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(tokens, [-1])], axis=-1)
     updates = tf.reshape(tf.broadcast_to(tf.cast(valid, tf.int32)[None, :], tf.shape(tokens)), [-1])
-    return tf.scatter_nd(indices, updates, [batch, vocab_size]) > 0
+    return tf.scatter_nd(indices, updates, [batch, vocab_size])
+
+
+def seen_tokens(tokens, first_slot, cur_len, vocab_size):
+    """bool [B, V]: which tokens occur in tokens[:, first_slot:cur_len]."""
+    return token_counts(tokens, first_slot, cur_len, vocab_size) > 0
 
 
 def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
-    """Hugging Face's processors, in its order: repetition penalty, no-repeat n-gram, min length.
+    """Hugging Face's processors, in its order: logit bias (its sequence_bias), repetition penalty,
+    no-repeat n-gram, bad words, min new tokens, suppress tokens, suppress tokens at the beginning.
 
     Args:
         scores: float [B, V] (logits, or log-probabilities in beam search).
         tokens: int32 [B, L], the sequence buffer; cur_len: how many slots are filled.
         step: how many tokens have been generated.
         params: a `SamplingParams` or `BeamParams` (repetition_penalty [B], first_slot,
-            no_repeat_ngram_size, min_new_tokens, eos_token_id).
+            no_repeat_ngram_size, min_new_tokens, eos_token_id, rules).
     """
     penalty = params.repetition_penalty
     first_slot = params.first_slot
+    rules = params.rules
+    if rules.logit_bias is not None:
+        scores = processors.logit_bias(scores, rules.logit_bias)
     scores = tf.cond(
         tf.reduce_any(tf.not_equal(penalty, 1.0)),
         lambda: processors.repetition_penalty(
@@ -65,13 +74,23 @@ def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
     )
     scores = processors.no_repeat_ngram(
         scores, tokens, cur_len, params.no_repeat_ngram_size, first_slot)
-    return processors.min_new_tokens(scores, step, params.min_new_tokens, params.eos_token_id)
+    if rules.bad_words is not None:
+        scores = processors.bad_words(scores, tokens, cur_len, rules.bad_words, first_slot)
+    scores = processors.min_new_tokens(scores, step, params.min_new_tokens, params.eos_token_id)
+    if rules.suppress is not None:
+        scores = processors.suppress(scores, rules.suppress)
+    if rules.begin_suppress is not None:
+        scores = tf.cond(tf.equal(step, 0), lambda: processors.suppress(scores, rules.begin_suppress),
+                         lambda: scores)
+    return scores
 
 
 def generated_lengths(new_tokens, eos_token_id, limit):
-    """Tokens generated per row: up to and including the first EOS, at most `limit` [B] or scalar."""
+    """Tokens generated per row: up to and including the first EOS, at most `limit` [B] or scalar.
+
+    `eos_token_id` is a scalar or one id per row [B] (-1 for a row that ignores EOS)."""
     count = tf.shape(new_tokens)[1]
-    is_eos = tf.equal(new_tokens, eos_token_id)
+    is_eos = tf.equal(new_tokens, tf.reshape(tf.cast(eos_token_id, new_tokens.dtype), [-1, 1]))
     first_eos = tf.where(
         tf.reduce_any(is_eos, axis=1), tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32) + 1,
         count,

@@ -17,6 +17,9 @@ from tfgen.decoding import beam_search, params, sampling, stops
 from tfgen.export.graph_tokenizer import GraphTokenizer
 
 STRATEGIES = ("greedy", "sample", "beam", "stop")
+# The per-row inputs of the `generate` signature, in its order (other controls take neutral values).
+_GENERATE_INPUTS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                    "seed")
 
 
 class GenerationModule(tf.Module):
@@ -30,6 +33,7 @@ class GenerationModule(tf.Module):
         self.model = generator.model  # tracks the weights
         self.lm = generator.lm.with_in_place_writes(xla)
         self.tokenizer = GraphTokenizer(generator.tokenizer)
+        self.add_bos = bool(getattr(generator.tokenizer, "add_bos_token", False))
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.max_new_tokens = int(max_new_tokens)
         self.num_beams = int(num_beams)
@@ -54,12 +58,21 @@ class GenerationModule(tf.Module):
 
     # -- graph helpers --------------------------------------------------------------------------
     def _tokenize(self, prompt):
-        """Prompts [B] -> ragged ids, empty prompts as [BOS], left-truncated to max_prompt_tokens."""
+        """Prompts [B] -> ragged ids as `TextGenerator.prompt_ids` makes them (empty prompts as
+        [BOS]; every prompt starts with BOS when the tokenizer adds it), left-truncated to
+        max_prompt_tokens (keeping the BOS such a tokenizer adds)."""
         ragged = self.tokenizer.encode(prompt)
-        empty = tf.cast(tf.equal(ragged.row_lengths(), 0), tf.int64)
+        if self.add_bos:
+            keep = self.max_prompt_tokens - 1  # room for the BOS in front
+            ragged = ragged[:, -keep:] if keep else ragged[:, :0]
+            first = ragged[:, :1].to_tensor(default_value=-1)[:, 0]  # -1 for an empty prompt
+            needs_bos = tf.not_equal(first, self.lm.bos_token_id)
+        else:
+            needs_bos = tf.equal(ragged.row_lengths(), 0)
+        needs_bos = tf.cast(needs_bos, tf.int64)
         bos = tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.cast(tf.reduce_sum(empty), tf.int32)], self.lm.bos_token_id), empty)
-        ragged = tf.concat([bos, ragged], axis=1)
+            tf.fill([tf.cast(tf.reduce_sum(needs_bos), tf.int32)], self.lm.bos_token_id), needs_bos)
+        ragged = tf.concat([bos, tf.cast(ragged, tf.int32)], axis=1)
         return ragged[:, -self.max_prompt_tokens:]
 
     def _pad(self, ragged, batch):
@@ -100,9 +113,10 @@ class GenerationModule(tf.Module):
     def _generate(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
                   seed, stop=None):
         batch = tf.size(prompt)
-        rows = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                    top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
-        checks = params.check_rows_graph(rows, batch, self.max_new_tokens)
+        given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+        checks = params.check_rows_graph(given, batch, self.max_new_tokens)
+        rows = self._rows(batch, **given)
         if stop is not None:
             checks.append(tf.debugging.assert_equal(tf.shape(stop)[0], batch,
                                                     message="stop: one row of stop strings per prompt"))
@@ -133,14 +147,18 @@ class GenerationModule(tf.Module):
     def greedy_text(self, prompt):
         """The `serving_default` signature: greedy, the export's max_new_tokens."""
         batch = tf.size(prompt)
-        return self.generate_text(prompt, **self._greedy_rows(batch))
+        rows = self._rows(batch)
+        return self.generate_text(prompt, *[rows[name] for name in _GENERATE_INPUTS])
 
-    def _greedy_rows(self, batch):
-        """Per-row inputs of greedy decoding with the export's max_new_tokens, for `batch` prompts."""
+    def _rows(self, batch, **given):
+        """Every per-row loop input for `batch` prompts: the signature's own (`given`) and, for the
+        controls the signature does not take, the value that leaves decoding unchanged."""
         neutral = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": 1.0, "top_k": 0,
-                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0}
-        return {field.name: tf.fill([batch], tf.constant(neutral[field.name], field.dtype))
-                for field in ROW_FIELDS}
+                   "top_p": 1.0, "repetition_penalty": 1.0, "seed": 0, "min_new_tokens": 0,
+                   "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_p": 0.0, "typical_p": 1.0,
+                   "ignore_eos": False}
+        return {field.name: given[field.name] if field.name in given else
+                tf.fill([batch], tf.constant(neutral[field.name], field.dtype)) for field in ROW_FIELDS}
 
     def beam_text(self, prompt):
         """The `beam` signature: the num_return_sequences best beams [B, R] and their scores."""
@@ -166,7 +184,7 @@ class GenerationModule(tf.Module):
         batch = tf.shape(input_ids)[0]
         ragged = tf.ragged.boolean_mask(input_ids, attention_mask > 0)[:, -self.max_prompt_tokens:]
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
-        loop_params = self._sampling_params(self._greedy_rows(batch), padded_batch, first_slot)
+        loop_params = self._sampling_params(self._rows(batch), padded_batch, first_slot)
         out = self._decode(ids, mask, loop_params)
         new_tokens = out["new_tokens"][:batch]
         return {

@@ -88,7 +88,8 @@ def _op_library(op: str) -> str:
 # Ops that tensorflow-text registers and the export may use (checked against the registry when
 # the module is imported: anything else registered only after importing tensorflow_text counts too).
 _TEXT_OPS = {"RegexSplitWithOffsets", "WhitespaceTokenizeWithOffsets", "WordpieceTokenizeWithOffsets",
-             "SentencepieceOp", "UnicodeScriptTokenizeWithOffsets"}
+             "SentencepieceOp", "SentencepieceTokenizeOp", "SentencepieceDetokenizeOp",
+             "UnicodeScriptTokenizeWithOffsets"}
 
 
 # -- TF Serving's JSON mapping ------------------------------------------------------------------
