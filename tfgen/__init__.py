@@ -1,4 +1,4 @@
-"""tfgen: TensorFlow text generation for GPT-2-family models.
+"""tfgen: TensorFlow text generation for GPT-2, Llama, Gemma and KerasHub models.
 
 XLA-compiled decoding (greedy, beam search, sampling with every Hugging Face control), model
 inspection, and SavedModel exports that TensorFlow Serving runs as they are.

@@ -90,7 +90,8 @@ def _add_commands(parser: argparse.ArgumentParser, commands: Sequence[Command], 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line's parser, from `COMMANDS`; builds without importing TensorFlow."""
-    parser = _Parser(prog="tfgen", description="TensorFlow text generation for GPT-2-family models.")
+    parser = _Parser(prog="tfgen",
+                     description="TensorFlow text generation for GPT-2, Llama, Gemma and KerasHub models.")
     _add_commands(parser, COMMANDS)
     return parser
 
