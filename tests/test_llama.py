@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tfgen
+from tfgen import cache as tfgen_cache
 from references import keras_hub_backbone
 from tfgen.decoding.params import left_pad
 from tfgen.loading import packaged_gguf_path
@@ -143,16 +144,8 @@ def tiny_gguf(tmp_path_factory, smol_reader):
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_gguf, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    previous = os.environ.get("TFGEN_CACHE")
-    os.environ["TFGEN_CACHE"] = str(cache)
-    try:
+    with tfgen_cache.redirected(str(tmp_path_factory.mktemp("cache"))):
         return tfgen.load(f"gguf:{tiny_gguf[0]}")
-    finally:
-        if previous is None:
-            del os.environ["TFGEN_CACHE"]
-        else:
-            os.environ["TFGEN_CACHE"] = previous
 
 
 def log_softmax(logits):

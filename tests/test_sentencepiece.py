@@ -8,12 +8,12 @@ prefix (Llama 2, TinyLlama), one without (Gemma). The references are llama.cpp (
 bytes, detokenized text), the trained SentencePiece model itself and plain `str.find`.
 """
 import io
-import os
 
 import numpy as np
 import pytest
 
 import tfgen
+from tfgen import cache
 from tfgen.models.gguf import read_gguf
 from tfgen.sentencepiece_tokenizer import SentencePieceTokenizer, model_proto_from_gguf
 from tfgen.tokenizer import SENTENCEPIECE, token_bytes, token_texts, tokenizer_kind
@@ -396,15 +396,8 @@ def test_gemma3_graph_tokenizer_equals_python(gemma3):
 @pytest.fixture(scope="module")
 def spm_llama(gguf_files, tmp_path_factory):
     """The prefix variant loaded as a model (random weights: its greedy text is gibberish)."""
-    previous = os.environ.get("TFGEN_CACHE")
-    os.environ["TFGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with cache.redirected(str(tmp_path_factory.mktemp("cache"))):
         return tfgen.load(f"gguf:{gguf_files['prefix']}")
-    finally:
-        if previous is None:
-            del os.environ["TFGEN_CACHE"]
-        else:
-            os.environ["TFGEN_CACHE"] = previous
 
 
 PROMPTS = ["The quick brown fox", "naïve café 😀", "<tag>x</tag>\n\ty", "  two"]

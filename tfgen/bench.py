@@ -7,14 +7,14 @@ batch-1 decoding step has to read every weight once, so it cannot be faster than
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from tfgen import cache
 
 PROMPT = "The theory of relativity is"
 
@@ -167,20 +167,6 @@ def run(generator, new_tokens: int = 64, repeats: int = 3, prompt_lengths: int =
     return results
 
 
-@contextlib.contextmanager
-def _cold_cache():
-    """tfgen's program cache bypassed (TFGEN_CACHE=off) while a cold start is measured."""
-    previous = os.environ.get("TFGEN_CACHE")
-    os.environ["TFGEN_CACHE"] = "off"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TFGEN_CACHE"]
-        else:
-            os.environ["TFGEN_CACHE"] = previous
-
-
 def compile_costs(generator, hf_generate, count: int, log=print) -> dict:
     """Time greedy generation of 8 tokens for `count` new prompt lengths, from cold, on both sides."""
     from tfgen.generator import TextGenerator
@@ -189,7 +175,7 @@ def compile_costs(generator, hf_generate, count: int, log=print) -> dict:
     lengths = [3 + 4 * i for i in range(count)]
     out = {"prompt_lengths": lengths}
     start = time.perf_counter()
-    with _cold_cache():  # from cold: programs a warm cache holds would be restored, not traced
+    with cache.redirected(cache.OFF):  # from cold: a warm cache's programs would be restored, not traced
         for length in lengths:
             fresh.generate_ids(np.full([1, length], 318, np.int32), max_new_tokens=8)
     out["tfgen_s"] = time.perf_counter() - start

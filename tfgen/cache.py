@@ -23,6 +23,7 @@ This module imports no TensorFlow: `tfgen._keras_env` calls it before TensorFlow
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import json
@@ -62,6 +63,22 @@ def root() -> Optional[str]:
         return os.path.abspath(os.path.expanduser(value))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "tfgen")
+
+
+@contextlib.contextmanager
+def redirected(value: str):
+    """TFGEN_CACHE=value while the block runs ("off", or a private directory): a benchmark that
+    measures a cold start in a warm process, a test fixture that must not touch the user's cache.
+    The environment is the process's, so use it where nothing else runs tfgen meanwhile."""
+    previous = os.environ.get("TFGEN_CACHE")
+    os.environ["TFGEN_CACHE"] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TFGEN_CACHE"]
+        else:
+            os.environ["TFGEN_CACHE"] = previous
 
 
 def enabled() -> bool:
