@@ -6,6 +6,8 @@ same directory again. Every figure is a fresh process.
 
     python benchmarks/startup.py                      # SmolLM2-135M, the built-in model
     python benchmarks/startup.py --model random:tiny --runs 2
+    python benchmarks/startup.py --export             # also `tfgen export` with the defaults, cold
+                                                      # and warm, and the export's first requests
 
 Prints one table and, with --json, one JSON object.
 """
@@ -53,6 +55,31 @@ import llama_cpp
 imported = time.perf_counter()
 llama_cpp.Llama(model_path=sys.argv[1], verbose=False)
 print(json.dumps({"import": imported - start, "load": time.perf_counter() - imported}))
+"""
+
+
+# Run in a fresh process with TF_XLA_FLAGS pointing at the export's shipped XLA cache (read-only):
+# TF Serving's session loader (Grappler off, as serve.sh's warm start), then every warmup record,
+# each timed: the first request of each warmed program.
+_FIRST_REQUESTS = """
+import importlib.util, json, sys, time
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("serving_loader", sys.argv[1])
+loader = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loader)
+from tensorflow_serving.apis import predict_pb2
+imported = time.perf_counter()
+model = loader.SessionModel(sys.argv[2], grappler=sys.argv[3] != "off")
+loaded = time.perf_counter()
+before = loader.xla_cache_entries(loader.xla_cache_directory())
+requests = []
+for request in loader.warmup_records(sys.argv[2]):
+    began = time.perf_counter()
+    loader.grpc_predict(model, predict_pb2.PredictRequest.FromString(request.SerializeToString()))
+    batch = next(iter(request.inputs.values())).tensor_shape.dim[0].size
+    requests.append([request.model_spec.signature_name, batch, time.perf_counter() - began])
+print(json.dumps({"import": imported - start, "load": loaded - imported, "requests": requests,
+                  "compiled": loader.xla_cache_entries(loader.xla_cache_directory()) - before}))
 """
 
 
@@ -109,6 +136,51 @@ def measure(model: str, runs: int) -> dict:
     return result
 
 
+def _export_wall(model: str, out: str, env) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "tfgen", "export", model, "--name", "bench", "--out", out,
+                           "--no-progress"], env=env, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def measure_export(model: str) -> dict:
+    """`tfgen export` with the defaults from an empty cache and again (version 2, warm), then a
+    fresh session-loader process's first request of each warmed program, with the shipped cache and
+    without any (TF Serving's defaults)."""
+    from tfgen.export.validation import LOADER_SCRIPT, XLA_CACHE
+
+    cache_dir = tempfile.mkdtemp(prefix="tfgen-startup-")
+    out = tempfile.mkdtemp(prefix="tfgen-startup-export-")
+    try:
+        env = _environment(cache_dir)
+        cold = _export_wall(model, out, env)
+        result = {"export_wall": {"cold": cold, "warm": _export_wall(model, out, env)}}
+        version = os.path.join(out, "bench", "2")
+        shipped = os.path.join(version, XLA_CACHE)
+        warm_env = dict(env, TF_XLA_FLAGS=f"--tf_xla_persistent_cache_directory={shipped} "
+                                          "--tf_xla_persistent_cache_read_only=true")
+        result["first_requests"] = {
+            "shipped cache": _python(_FIRST_REQUESTS, [LOADER_SCRIPT, version, "off"], warm_env),
+            "no cache": _python(_FIRST_REQUESTS, [LOADER_SCRIPT, version, "on"], env)}
+        return result
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def print_export_table(result: dict) -> None:
+    wall = result["export_wall"]
+    print(f"tfgen export wall:    cold {wall['cold']:6.1f} s   warm {wall['warm']:6.1f} s"
+          "   (targets: cold <= 120 s, warm <= 60 s)")
+    for name, figures in result["first_requests"].items():
+        requests = ", ".join(f"{sig} b{batch} {seconds:.2f}" for sig, batch, seconds in figures["requests"])
+        print(f"fresh process, {name}: load {figures['load']:.2f} s, compiled {figures['compiled']}; "
+              f"first requests (s): {requests}")
+    print("(target: a warmed program's first request <= 1 s)")
+
+
 def print_table(result: dict) -> None:
     print(f"model {result['model']}, median of {result['runs']} fresh process(es)")
     wall = result["generate_wall"]
@@ -134,9 +206,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--export", action="store_true",
+                        help="also measure `tfgen export` and its first requests")
+    parser.add_argument("--export-only", action="store_true", help="only the export figures")
     args = parser.parse_args()
-    result = measure(args.model, args.runs)
-    print_table(result)
+    result = {"model": args.model}
+    if not args.export_only:
+        result = measure(args.model, args.runs)
+        print_table(result)
+    if args.export or args.export_only:
+        result["export"] = measure_export(args.model)
+        print_export_table(result["export"])
     if args.json:
         print(json.dumps(result))
 

@@ -297,7 +297,7 @@ def test_import_tfgen_is_lazy():
         "assert tfgen.GenerationConfig.__module__ == 'tfgen.config'\n"
         "assert tfgen.load.__module__ == 'tfgen.loading' and callable(tfgen.load)\n"
         "assert sorted(tfgen.__all__) == sorted(['load', 'TextGenerator', 'GenerationConfig',\n"
-        "    'GenerationResult', 'Completion', 'export_saved_model', '__version__'])\n"
+        "    'GenerationResult', 'Completion', 'export_saved_model', 'screen', '__version__'])\n"
         "try:\n"
         "    tfgen.no_such_name\n"
         "except AttributeError:\n"

@@ -40,7 +40,7 @@ def hf_num_generated(new_tokens, eos):
     """New tokens per row of Hugging Face's output: up to and including the first EOS."""
     counts = []
     for row in new_tokens:
-        hits = np.flatnonzero(row == eos)
+        hits = np.flatnonzero(np.isin(row, eos))
         counts.append(hits[0] + 1 if hits.size else len(row))
     return np.array(counts)
 
@@ -159,6 +159,24 @@ def test_greedy_eos_row_alone(tiny, batch, mid_eos):
     ours, _ = assert_matches_hf(tiny, single, np.ones_like(single), max_new_tokens=12,
                                 eos_token_id=token, pad_token_id=PAD)
     assert ours.sequences.shape[1] == single.shape[1] + step + 1
+
+
+@pytest.fixture(scope="module")
+def two_eos(tiny, batch):
+    """Two EOS ids, one taken from each row's plain greedy text (Hugging Face's), at different
+    steps: with both as eos_token_id each row ends at the first of them it reaches."""
+    ids, mask = batch
+    plain = hf_generate(tiny, ids, mask, 12, pad_token_id=PAD).sequences.numpy()[:, ids.shape[1]:]
+    return [int(plain[0, 3]), int(plain[1, 6])]
+
+
+def test_greedy_eos_list(tiny, batch, two_eos):
+    ours, _ = assert_matches_hf(tiny, *batch, max_new_tokens=12, eos_token_id=two_eos, pad_token_id=PAD)
+    assert (ours.num_generated < 12).all()
+
+
+def test_beam_eos_list(tiny, batch, two_eos):
+    assert_matches_hf(tiny, *batch, max_new_tokens=12, eos_token_id=two_eos, pad_token_id=PAD, **BEAM)
 
 
 @pytest.mark.parametrize("min_new_tokens", [2, 6])

@@ -222,11 +222,12 @@ def test_min_new_tokens_per_row():
     scores = np.zeros([3, 6], np.float32)
     minimum = tf.constant([0, 2, 5])
     for step in range(6):
-        ours = processors.min_new_tokens(tf.constant(scores), step, minimum, 4).numpy()
+        eos = np.isin(np.arange(6), [1, 4])  # two EOS ids: both held back
+        ours = processors.min_new_tokens(tf.constant(scores), step, minimum, tf.constant(eos)).numpy()
         for row, value in enumerate([0, 2, 5]):
             expected = scores[row].copy()
             if step < value:
-                expected[4] = -np.inf
+                expected[[1, 4]] = -np.inf
             np.testing.assert_array_equal(ours[row], expected)
 
 

@@ -17,7 +17,7 @@ from tfgen.export import ExportError, serving_files
 MAX_PROMPT = 16
 MAX_NEW = 8
 EXPORT_ARGS = dict(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2,
-                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), strategies="greedy,sample,beam,stop")
+                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), strategies="greedy,sample,beam,stop,logprobs")
 EXPORT_LOG = []  # what the module's export printed on stderr
 
 
@@ -81,7 +81,7 @@ def test_metadata_file_states_the_limits(exported, tiny):
         metadata = json.load(handle)
     assert metadata["model"] == tiny.name and metadata["random_weights"] is True
     assert sorted(metadata["signatures"]) == [
-        "beam", "generate", "generate_ids", "generate_stop", "serving_default"]
+        "beam", "generate", "generate_ids", "generate_logprobs", "generate_stop", "serving_default"]
     assert "8 stop strings" in metadata["stop"]["checked_in_loop"]
     assert (metadata["max_prompt_tokens"], metadata["max_new_tokens"]) == (MAX_PROMPT, MAX_NEW)
     assert metadata["batch_buckets"] == [1, 4] and metadata["prompt_buckets"] == [MAX_PROMPT]
@@ -95,8 +95,8 @@ def test_warmup_records_cover_every_signature_and_bucket(exported):
 
     seen = {(r.model_spec.signature_name, r.inputs[next(iter(r.inputs))].tensor_shape.dim[0].size)
             for r in warmup_records(exported)}
-    assert seen == {(s, b) for s in ("serving_default", "generate", "generate_ids", "beam", "generate_stop")
-                    for b in (1, 4)}
+    signatures = ("serving_default", "generate", "generate_ids", "beam", "generate_stop", "generate_logprobs")
+    assert seen == {(s, b) for s in signatures for b in (1, 4)}
 
 
 def test_only_core_and_tensorflow_text_ops(served):
@@ -186,6 +186,54 @@ def test_generate_stop_signature_cuts_and_ends_rows(served, tiny):
                                 stop=[s for s in stop[row] if s])
         assert out["num_tokens"][row] == api.num_generated[0], row
     assert out["num_tokens"][0] < MAX_NEW  # "ended early" is visible in the counts
+
+
+def test_generate_logprobs_signature_equals_the_python_api(served, tiny):
+    """Per-token log-probabilities and alternatives as `generate_ids(..., logprobs=K)` returns them
+    for the same rows (checked against a full forward pass in tests/test_logprobs.py)."""
+    prompts = ["The theory of relativity is", "Once upon a time", "Hi"]
+    logprobs = [3, 0, 5]
+    inputs = dict(
+        prompt=np.array([p.encode() for p in prompts], dtype=object),
+        max_new_tokens=np.array([MAX_NEW, 3, 5], np.int32), do_sample=np.array([False, True, True]),
+        temperature=np.array([1.0, 0.7, 1.2], np.float32), top_k=np.array([0, 20, 0], np.int32),
+        top_p=np.array([1.0, 1.0, 0.9], np.float32), repetition_penalty=np.array([1.0, 1.2, 1.0], np.float32),
+        seed=np.array([0, 11, 12], np.int64), logprobs=np.array(logprobs, np.int32))
+    out = served.run("generate_logprobs", inputs)
+    width = max(logprobs)
+    assert out["top_ids"].shape[2] == width and out["token_ids"].shape[1] == out["num_tokens"].max()
+    for row, prompt in enumerate(prompts):
+        params = dict(max_new_tokens=int(inputs["max_new_tokens"][row]))
+        if inputs["do_sample"][row]:
+            params.update(do_sample=True, temperature=float(inputs["temperature"][row]),
+                          top_k=int(inputs["top_k"][row]), top_p=float(inputs["top_p"][row]),
+                          repetition_penalty=float(inputs["repetition_penalty"][row]),
+                          seed=int(inputs["seed"][row]))
+        api = tiny.generate_ids([tiny.tokenize(prompt)], logprobs=width, **params)
+        count = int(api.num_generated[0])
+        assert out["num_tokens"][row] == count
+        new = api.sequences[0, -api.scores.shape[1]:][:count]
+        np.testing.assert_array_equal(out["token_ids"][row, :count], new)
+        assert (out["token_ids"][row, count:] == -1).all()
+        np.testing.assert_allclose(out["token_logprobs"][row, :count], api.scores[0, :count], atol=1e-5)
+        k = logprobs[row]
+        np.testing.assert_array_equal(out["top_ids"][row, :count, :k], api.top_ids[0, :count, :k])
+        np.testing.assert_allclose(out["top_logprobs"][row, :count, :k], api.top_logprobs[0, :count, :k],
+                                   atol=1e-5)
+        assert (out["top_ids"][row, :, k:] == -1).all() and (out["top_ids"][row, count:] == -1).all()
+        texts = [t.decode() for t in out["token_texts"][row, :count]]
+        assert texts == [tiny.decode([t]) for t in new]
+
+
+def test_generate_logprobs_rejects_bad_counts(served):
+    inputs = dict(prompt=np.array([b"Hi"], dtype=object), max_new_tokens=np.array([2], np.int32),
+                  do_sample=np.array([False]), temperature=np.ones([1], np.float32),
+                  top_k=np.zeros([1], np.int32), top_p=np.ones([1], np.float32),
+                  repetition_penalty=np.ones([1], np.float32), seed=np.zeros([1], np.int64))
+    for bad, message in (([21], "logprobs: must be <= 20"), ([-1], "logprobs: must be >= 0"),
+                         ([1, 2], "logprobs: one value per prompt")):
+        with pytest.raises(Exception, match=message):
+            served.run("generate_logprobs", dict(inputs, logprobs=np.array(bad, np.int32)))
 
 
 def test_generate_stop_in_rest_row_form(served, tiny):

@@ -16,7 +16,8 @@ def _rows():
 
 
 def test_sampling_params_same_eagerly_and_in_a_graph():
-    scalars = dict(first_slot=3, eos_token_id=50256, pad_token_id=50256, no_repeat_ngram_size=2)
+    scalars = dict(first_slot=3, eos_token_ids=[50256, 7], pad_token_id=50256, no_repeat_ngram_size=2,
+                   vocab_size=50257)
     eager = params.sampling_params({k: np.asarray(v) for k, v in _rows().items()}, 4, **scalars)
 
     @tf.function
@@ -47,8 +48,9 @@ def test_every_row_field_has_a_record_field():
 
 def test_beam_params_repeat_the_penalty_per_beam():
     record = params.beam_params(np.array([1.0, 1.5], np.float32), 3, max_new_tokens=8, first_slot=0,
-                                eos_token_id=1, pad_token_id=1, early_stopping="never")
+                                eos_token_ids=[1, 4], pad_token_id=1, vocab_size=6, early_stopping="never")
     assert record.repetition_penalty.numpy().tolist() == [1.0, 1.0, 1.0, 1.5, 1.5, 1.5]
+    assert record.eos_mask.numpy().tolist() == [False, True, False, False, True, False]
     assert bool(record.early_stopping_never) and not bool(record.early_stopping_true)
 
 

@@ -78,7 +78,7 @@ def test_begin_suppress_through_the_processor_chain_equals_hugging_face(step):
     expected = hf.TFSuppressTokensAtBeginLogitsProcessor([2, 3], begin_index=prompt)(
         ids, tf.constant(scores), prompt + step).numpy()
     record = loop_params.sampling_params(
-        _neutral_rows(3), 3, first_slot=0, eos_token_id=0, pad_token_id=0,
+        _neutral_rows(3), 3, first_slot=0, eos_token_ids=0, pad_token_id=0, vocab_size=VOCAB,
         rules=loop_params.token_rules(VOCAB, begin_suppress_tokens=[2, 3]))
     got = steps.apply_processors(tf.constant(scores), tf.zeros([3, 16], tf.int32), prompt + step, step,
                                  record, VOCAB).numpy()

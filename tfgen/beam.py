@@ -7,6 +7,15 @@ that are not JSON, have no prompt or hold a parameter out of range. Every input 
 exactly one of them (blank lines are skipped and counted). The same pipeline runs on the
 DirectRunner/Prism locally and unchanged on Dataflow, Flink or Spark.
 
+Failures while generating (see `_Handler.run_inference`): a batch whose model call fails with a
+transient error (`TransientError`, connection errors, timeouts, TensorFlow's
+Unavailable, ResourceExhausted, DeadlineExceeded, Aborted) is called again, up to `retries` more
+times with a doubling delay; a batch that still fails, or fails any other way, runs row by row,
+so only the rows that fail on their own become dead letters, each with its error. No exception
+leaves the handler, so a runner never replays a bundle and a row is never written twice.
+Counters (Beam Metrics, namespace "tfgen"): ok + dead_letter + blank = the input lines; retries
+counts the repeated calls.
+
 Needs the optional extra: `pip install "tfgen[beam]"`.
 
 Example:
@@ -25,7 +34,8 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 from tfgen.config import PER_ROW_FIELDS, GenerationConfig, stop_list
 from tfgen.decoding.params import BATCH_BUCKETS, row_seeds
@@ -41,7 +51,8 @@ except ImportError as error:  # the core package stays importable without Beam
     raise ImportError(f"tfgen.beam needs Apache Beam ({error}); install it with: pip install 'tfgen[beam]'") \
         from None
 
-NAMESPACE = "tfgen"  # Beam metrics: tfgen/ok, tfgen/dead_letter, tfgen/blank and RunInference's own
+NAMESPACE = "tfgen"  # Beam metrics: tfgen/ok, dead_letter, blank, retries, and RunInference's own
+COUNTERS = ("ok", "dead_letter", "blank", "retries")
 RESULT_FIELDS = ("text", "completion", "num_tokens")
 PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 # Settings that are one value per `complete` call: rows that differ in them run as separate calls.
@@ -49,6 +60,21 @@ _CALL_FIELDS = tuple(name for name in PARAMETERS if name not in PER_ROW_FIELDS a
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
 # Settings whose one value is itself a list or a mapping (JSON keys of logit_bias are strings).
 _STRUCTURED = ("stop", "logit_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying (a model server briefly away, a device busy): raise it from a
+    handler's model call to have the batch called again."""
+
+
+def _transient_errors() -> tuple:
+    """The exceptions that make a batch's call be retried (TensorFlow's, when it is loaded)."""
+    errors = (TransientError, ConnectionError, TimeoutError)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        errors += (tf.errors.UnavailableError, tf.errors.ResourceExhaustedError,
+                   tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+    return errors
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -129,16 +155,23 @@ class _Handler(ModelHandler):
     """What both handlers share: batch sizes, metrics namespace, byte counts, and `run_inference`.
 
     `run_inference` asks `_check(element, model)` for each element: a reason (the element becomes
-    a dead letter) or a group key. Each group runs as one `_run(model, elements, key)` call; when
-    such a call fails with one of `_errors(model)`, the group's elements run one by one so only the
-    bad ones become dead letters.
+    a dead letter) or a group key. Each group runs as one `_run(model, elements, key)` call (see
+    `_isolating`): a transient error is retried `retries` times, starting `retry_delay` seconds
+    apart; a call that fails for good runs the group's elements one by one so only the bad ones
+    become dead letters.
     """
 
-    def __init__(self, max_batch_size: int, min_batch_size: Optional[int]):
+    def __init__(self, max_batch_size: int, min_batch_size: Optional[int], retries: int = 2,
+                 retry_delay: float = 0.5):
         low = max_batch_size if min_batch_size is None else min_batch_size
         if not 1 <= low <= max_batch_size:
             raise ValueError(f"min_batch_size must be in 1..max_batch_size={max_batch_size}, got {low}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        if not isinstance(retry_delay, (int, float)) or retry_delay < 0:
+            raise ValueError(f"retry_delay must be a number of seconds >= 0, got {retry_delay!r}")
         self._batch = {"min_batch_size": low, "max_batch_size": max_batch_size}
+        self._retry = _Retry(retries, float(retry_delay))
         super().__init__(**self._batch)
 
     def batch_elements_kwargs(self):
@@ -161,10 +194,10 @@ class _Handler(ModelHandler):
                 outputs[index] = dead_letter(element["line"], str(error))
                 continue
             groups.setdefault(key, []).append(index)
-        errors = self._errors()
         for key, indices in groups.items():
             elements = [batch[i] for i in indices]
-            done = _isolating(lambda rows, key=key: self._run(model, rows, key), elements, errors)
+            done = _isolating(lambda rows, key=key: self._run(model, rows, key), elements, self._errors(),
+                              self._retry)
             for index, output in zip(indices, done):
                 outputs[index] = output
         return outputs
@@ -182,16 +215,41 @@ class _Handler(ModelHandler):
         return (ValueError, TypeError)
 
 
-def _isolating(run, elements: List[dict], errors: tuple) -> List[dict]:
-    """run(elements) -> outputs; when the whole call fails on bad input, run each element alone so
-    only the bad ones become dead letters."""
+class _Retry(NamedTuple):
+    """How a handler retries a model call that failed with a transient error."""
+
+    retries: int  # calls after the first
+    delay: float  # seconds before the first retry; doubled before each next one
+
+    def call(self, run, elements: List[dict]) -> List[dict]:
+        """run(elements), called again on a transient error; the last error propagates."""
+        transient = _transient_errors()
+        for attempt in range(self.retries + 1):
+            try:
+                return run(elements)
+            except transient:
+                if attempt == self.retries:
+                    raise
+                Metrics.counter(NAMESPACE, "retries").inc()
+                time.sleep(self.delay * 2 ** attempt)
+
+
+def _isolating(run, elements: List[dict], bad_input: tuple, retry: _Retry) -> List[dict]:
+    """run(elements) -> outputs, retried on transient errors. When the call still fails, each
+    element runs alone so only the ones that fail by themselves become dead letters: with the
+    message of a bad-input error (`bad_input`), else with the exception's type and message (and
+    the attempts, for a transient error retried to the end)."""
     try:
-        return run(elements)
-    except errors as error:
-        if len(elements) == 1:
-            message = getattr(error, "message", None) or str(error)
-            return [dead_letter(elements[0]["line"], " ".join(message.split()))]
-        return [out for element in elements for out in _isolating(run, [element], errors)]
+        return retry.call(run, elements)
+    except Exception as error:  # noqa: BLE001 - a failing row becomes a dead letter, never a lost bundle
+        if len(elements) > 1:
+            return [out for element in elements for out in _isolating(run, [element], bad_input, retry)]
+        message = " ".join((getattr(error, "message", None) or str(error)).split())
+        if not isinstance(error, bad_input):
+            message = f"{type(error).__name__}: {message}"
+            if isinstance(error, _transient_errors()):
+                message += f" (still failing after {retry.retries + 1} attempts)"
+        return [dead_letter(elements[0]["line"], message)]
 
 
 def _call_settings(params: Dict[str, Any]) -> Dict[str, Any]:
@@ -222,6 +280,10 @@ class TFGenModelHandler(_Handler):
         max_batch_size: rows per batch, one of the engine's batch buckets (default 8).
         min_batch_size: smallest batch Beam may form; default max_batch_size, so every full
             batch hits the same compiled program (a bundle's last batch is padded up to a bucket).
+        retries: how many more times a batch whose call failed with a transient error
+            (`TransientError`, connection errors, timeouts, TensorFlow's Unavailable,
+            ResourceExhausted, DeadlineExceeded, Aborted) is called before it runs row by row.
+        retry_delay: seconds before the first retry, doubled before each next one.
 
     Example:
         >>> handler = TFGenModelHandler("random:tiny", max_batch_size=4)
@@ -229,11 +291,11 @@ class TFGenModelHandler(_Handler):
 
     def __init__(self, model: Optional[str] = None, *, seed: int = 0, xla: bool = True,
                  local_files_only: bool = False, max_batch_size: int = 8,
-                 min_batch_size: Optional[int] = None):
+                 min_batch_size: Optional[int] = None, retries: int = 2, retry_delay: float = 0.5):
         if max_batch_size not in BATCH_BUCKETS:
             raise ValueError(f"max_batch_size must be one of the engine's batch buckets "
                              f"{', '.join(map(str, BATCH_BUCKETS))}; got {max_batch_size}")
-        super().__init__(max_batch_size, min_batch_size)
+        super().__init__(max_batch_size, min_batch_size, retries, retry_delay)
         self._spec = model
         self._seed = seed
         self._xla = xla
@@ -289,13 +351,14 @@ class SavedModelHandler(_Handler):
             strategy), readable by TensorFlow on every worker.
         max_batch_size: rows per batch; default the largest of the export's batch buckets.
         min_batch_size: default max_batch_size.
+        retries, retry_delay: as in `TFGenModelHandler`.
 
     Raises:
         ValueError: the export has no readable tfgen_export.json, or no `generate` signature.
     """
 
     def __init__(self, path: str, *, max_batch_size: Optional[int] = None,
-                 min_batch_size: Optional[int] = None):
+                 min_batch_size: Optional[int] = None, retries: int = 2, retry_delay: float = 0.5):
         if not isinstance(path, str) or not path:
             raise TypeError("path must be the SavedModel's version directory")
         metadata = _export_metadata(path)
@@ -305,7 +368,7 @@ class SavedModelHandler(_Handler):
             max_batch_size = max(metadata["batch_buckets"])
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        super().__init__(max_batch_size, min_batch_size)
+        super().__init__(max_batch_size, min_batch_size, retries, retry_delay)
         self._path = path
         self.max_new_tokens = int(metadata["max_new_tokens"])
 
@@ -535,7 +598,8 @@ def run_batch(input: str, output: str, handler: ModelHandler, *, dead_letter: Op
         progress: show the progress bar (local runners only).
 
     Returns:
-        {"ok": rows generated, "dead_letter": rows in the dead-letter file, "blank": blank lines}.
+        {"ok": rows generated, "dead_letter": rows in the dead-letter file, "blank": blank lines},
+        and "retries" (model calls repeated after a transient error) when there were any.
     """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -566,13 +630,16 @@ def default_dead_letter_path(output: str) -> str:
 
 
 def counters(result) -> Dict[str, int]:
-    """tfgen/ok, tfgen/dead_letter and tfgen/blank of a finished pipeline."""
-    counts = {"ok": 0, "dead_letter": 0, "blank": 0}
+    """tfgen/ok, tfgen/dead_letter and tfgen/blank of a finished pipeline, and tfgen/retries when
+    any call was retried."""
+    counts = {name: 0 for name in COUNTERS}
     for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         name = metric.key.metric.name
         if name in counts:
             value = metric.committed if metric.committed is not None else metric.attempted
             counts[name] += int(value or 0)
+    if not counts["retries"]:
+        del counts["retries"]
     return counts
 
 
@@ -620,5 +687,5 @@ def _count_lines(path: str) -> Optional[int]:
 
 
 __all__ = ["GenerateText", "GenerateJsonl", "TFGenModelHandler", "SavedModelHandler", "run_batch",
-           "parse_row",
+           "parse_row", "TransientError",
            "counters", "default_dead_letter_path", "NAMESPACE"]

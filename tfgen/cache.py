@@ -4,6 +4,8 @@ Layout under `root()` ($TFGEN_CACHE, else $XDG_CACHE_HOME/tfgen or ~/.cache/tfge
 
     programs/<digest>/   traced decoding programs with their compiled XLA executables
                          (`tfgen.decoding.engine`): manifest.json + payload files
+    exports/<digest>/    the XLA executables an export's validator compiled, keyed by the export's
+                         graph (`tfgen.export.exporter`): a re-export of the same graph starts warm
     xla/<pid>-<tag>/     one directory per running process for TensorFlow's persistent XLA cache
                          (`xla_flag`); removed when the process ends
     packages/, *.npz     assembled packaged models and converted GGUF weights (`tfgen.loading`,
@@ -37,7 +39,7 @@ from typing import Dict, NamedTuple, Optional
 
 OFF = "off"
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
-SECTIONS = ("programs",)  # the sections entries live in; they share the size bound
+SECTIONS = ("programs", "exports")  # the sections entries live in; they share the size bound
 XLA_SECTION = "xla"
 _MANIFEST = "manifest.json"
 _FORMAT = 1
@@ -199,6 +201,21 @@ def read_entry(section: str, key: dict) -> Optional[Entry]:
     return Entry(path, manifest["key"], manifest.get("meta", {}), tuple(manifest["files"]))
 
 
+def link_files(source: str, names, directory: str, strip: str = "") -> None:
+    """Put an entry's files `names` into `directory`, each without the prefix `strip`; a file
+    already there is kept. Hard links (entries are only ever replaced whole, never written in
+    place, so a link always holds a checked file), copies where links fail."""
+    os.makedirs(directory, exist_ok=True)
+    for name in names:
+        target = os.path.join(directory, name[len(strip):] if name.startswith(strip) else name)
+        if os.path.exists(target):
+            continue
+        try:
+            os.link(os.path.join(source, name), target)
+        except OSError:
+            shutil.copyfile(os.path.join(source, name), target)
+
+
 def remove_entry(entry: Entry) -> None:
     """Delete an entry that passed its checks but proved unusable (it is rebuilt)."""
     _remove(entry.path)
@@ -330,6 +347,22 @@ def _entries():
     return found
 
 
+def _remove_stale_root_temporaries() -> None:
+    """Temporary files killed writers left in the root (converted GGUF weights: `.tmp-*.npz`)."""
+    base = root()
+    try:
+        names = [name for name in os.listdir(base) if name.startswith(".tmp-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if os.path.isfile(path) and time.time() - os.path.getmtime(path) > _STALE_SECONDS:
+                os.remove(path)
+        except OSError:
+            pass
+
+
 def evict(limit: Optional[int] = None) -> int:
     """Remove least recently used entries until the managed sections hold at most `limit` bytes
     (default `max_bytes()`); returns how many were removed. Also removes the XLA directories of
@@ -338,6 +371,7 @@ def evict(limit: Optional[int] = None) -> int:
         return 0
     limit = max_bytes() if limit is None else limit
     _remove_orphaned_xla_directories()
+    _remove_stale_root_temporaries()
     entries = sorted(_entries())
     total = sum(size for _, size, _ in entries)
     removed = 0
@@ -457,11 +491,12 @@ def _remove_orphaned_xla_directories() -> None:
         return
     for name in names:
         pid = name.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (on this machine): whose temporary directories to keep."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -54,6 +54,9 @@ ROW_FIELDS = (  # in the order the checks run
     RowField("do_sample", np.bool_, bool, filler=False, per_row_in_api=False),
     RowField("ignore_eos", np.bool_, bool, filler=False, per_row_in_api=False),
 )
+# The most top alternatives `logprobs` returns per token (OpenAI's limit); programs that return
+# alternatives compute this many, whatever the request's N, so another N reuses them.
+MAX_LOGPROBS = 20
 # Fields that are one Python value per call but a per-row tensor in the loop.
 _FLAGS = ("do_sample", "ignore_eos")
 # Per-row fields only greedy search and sampling take (beam search refuses values other than these).
@@ -87,7 +90,8 @@ class GenerationConfig:
         early_stopping: beam search stops when num_beams hypotheses are finished (True), by
             Hugging Face's heuristic (False), or only at max length ("never").
         num_return_sequences: how many sequences to return per prompt.
-        eos_token_id: token that ends a row; None takes the model's.
+        eos_token_id: the token, or a list of tokens, that ends a row (any of them, as in Hugging
+            Face's generation_config.json); None takes the model's (all of its EOS ids).
         pad_token_id: token written after a row ended; None takes the model's (EOS for GPT-2).
         seed: makes sampling reproducible; the same seed gives the same text whatever else is in
             the batch. None draws a fresh seed per call (per row: a None entry, a fresh seed for
@@ -103,6 +107,10 @@ class GenerationConfig:
             last token of a sequence is banned where the tokens before it were just produced).
         suppress_tokens: token ids never generated; begin_suppress_tokens: not as the first token.
         ignore_eos: keep generating after EOS until max_new_tokens (EOS is then ordinary text).
+        logprobs: None (off), or return each generated token's log-probability and its `logprobs`
+            most likely alternatives (0..20; OpenAI's completions `logprobs`), all under the
+            distribution the token was chosen from (greedy and sampling).
+        raw_logprobs: with logprobs, the same under the model's raw distribution too.
 
     Example:
         >>> import tfgen
@@ -122,7 +130,7 @@ class GenerationConfig:
     length_penalty: float = 1.0
     early_stopping: Union[bool, str] = False
     num_return_sequences: int = 1
-    eos_token_id: Optional[int] = None
+    eos_token_id: Optional[Union[int, List[int]]] = None
     pad_token_id: Optional[int] = None
     seed: Any = None
     stop: Optional[Sequence[str]] = None
@@ -135,10 +143,17 @@ class GenerationConfig:
     suppress_tokens: Optional[Sequence[int]] = None
     begin_suppress_tokens: Optional[Sequence[int]] = None
     ignore_eos: bool = False
+    logprobs: Optional[int] = None
+    raw_logprobs: bool = False
 
     @classmethod
-    def from_any(cls, config: Any = None, **overrides: Any) -> "GenerationConfig":
+    def from_any(cls, config: Any = None, *, defaults: Optional[dict] = None,
+                 **overrides: Any) -> "GenerationConfig":
         """Build a config from None, a tfgen or transformers GenerationConfig, plus keyword overrides.
+
+        `defaults` are the model's own parameters (`TextGenerator.defaults`, from its
+        generation_config.json): as in transformers' generate, each replaces a field the given config
+        leaves at GenerationConfig's default; keyword overrides always win.
 
         Raises:
             TypeError: for an unknown keyword or a config of another type.
@@ -160,6 +175,12 @@ class GenerationConfig:
                 f"generation_config must be a tfgen.GenerationConfig or transformers.GenerationConfig, "
                 f"got {type(config).__name__}"
             )
+        if defaults:
+            plain = cls()
+            for name, value in defaults.items():
+                default = getattr(plain, name, None)
+                if name in names and _is_default(values.get(name, default), default):
+                    values[name] = value
         values.update(overrides)
         return cls(**values)
 
@@ -182,10 +203,16 @@ class GenerationConfig:
                 not isinstance(self.early_stopping, bool):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         _check_float("length_penalty", self.length_penalty)
-        for name in ("eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if value is not None:
-                check_int(name, value, low=0, high=None if vocab_size is None else vocab_size - 1)
+        high = None if vocab_size is None else vocab_size - 1
+        if self.pad_token_id is not None:
+            check_int("pad_token_id", self.pad_token_id, low=0, high=high)
+        if isinstance(self.eos_token_id, (list, tuple)):
+            if not self.eos_token_id:
+                raise ValueError("eos_token_id: an empty list; give at least one id, or None for the model's")
+            for value in self.eos_token_id:
+                check_int("eos_token_id", value, low=0, high=high)
+        elif self.eos_token_id is not None:
+            check_int("eos_token_id", self.eos_token_id, low=0, high=high)
         if self.num_beams > 1:
             if self.num_return_sequences > self.num_beams:
                 raise ValueError(
@@ -209,6 +236,7 @@ class GenerationConfig:
                 "same text; set do_sample=True or num_beams >= num_return_sequences"
             )
         stop_list(self.stop)  # raises on a malformed stop
+        self._check_logprobs()
 
         _check_token_ids(self, vocab_size)
         for field in ROW_FIELDS:
@@ -218,6 +246,22 @@ class GenerationConfig:
                 field = field._replace(low=None)  # greedy ignores the temperature
             self._check_rows(field, batch_size)
         return self
+
+    def _check_logprobs(self) -> None:
+        if self.logprobs is not None:
+            check_int("logprobs", self.logprobs, low=0, high=MAX_LOGPROBS)
+            if self.num_beams > 1:
+                raise ValueError("logprobs applies to greedy search and sampling, not to beam search "
+                                 f"(num_beams={self.num_beams}); beam search returns sequence scores")
+        if not isinstance(self.raw_logprobs, (bool, np.bool_)):
+            raise TypeError(f"raw_logprobs must be True or False, got {self.raw_logprobs!r}")
+        if self.raw_logprobs and self.logprobs is None:
+            raise ValueError("raw_logprobs=True needs logprobs (the number of alternatives, 0 or more)")
+
+    @property
+    def top_logprobs(self) -> int:
+        """The compiled width of the top-alternatives outputs: 0 (none asked) or MAX_LOGPROBS."""
+        return MAX_LOGPROBS if self.logprobs else 0
 
     def check_fits(self, prompt_tokens: int, context: int) -> None:
         """Raise ValueError when a prompt of `prompt_tokens` plus max_new_tokens exceeds `context`."""
@@ -231,6 +275,13 @@ class GenerationConfig:
     @property
     def stop_strings(self) -> List[str]:
         return stop_list(self.stop)
+
+    def eos_token_ids(self, model_ids: Sequence[int]) -> tuple:
+        """The ids that end a row: this config's (one or a list), else the model's `model_ids`."""
+        value = self.eos_token_id
+        if value is None:
+            return tuple(int(i) for i in model_ids)
+        return tuple(int(i) for i in value) if isinstance(value, (list, tuple)) else (int(value),)
 
     def row_values(self, name: str, batch_size: int) -> np.ndarray:
         """The field as an array of `batch_size` values (a scalar is repeated)."""
@@ -305,6 +356,12 @@ def stop_list(stop: Any) -> List[str]:
     return list(stops)
 
 
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a field holds its class default (a plain value equal to it; arrays never count)."""
+    return value is default or (type(value) is type(default) and isinstance(value, (bool, int, float, str))
+                                and value == default)
+
+
 def _from_transformers(config: Any, names: set) -> dict:
     raw = config.to_dict()
     # max_length / min_length count the prompt too, so they cannot become per-row new-token limits
@@ -315,8 +372,6 @@ def _from_transformers(config: Any, names: set) -> dict:
                 f"transformers.GenerationConfig.{total}={raw[total]} counts the prompt tokens; tfgen limits "
                 f"new tokens only: set {new} instead")
     values = {k: v for k, v in raw.items() if k in names and v is not None}
-    if isinstance(values.get("eos_token_id"), list):
-        values["eos_token_id"] = values["eos_token_id"][0]
     if raw.get("stop_strings"):
         values["stop"] = raw["stop_strings"]
     return values

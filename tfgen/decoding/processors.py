@@ -62,20 +62,21 @@ def bad_words(scores, tokens, cur_len, words, first_slot=0):
             slots >= cur_len are ignored, slots < first_slot are bucket padding.
         words: int32 [S, W], the banned sequences right-aligned and left-padded with -1.
     """
-    length = tf.shape(tokens)[1]
+    batch, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
     width = tf.shape(words)[1]
     slots = tf.range(length)
+    cur_len = tf.reshape(tf.cast(cur_len, tf.int32), [-1, 1])  # [1, 1], or [B, 1] (one per row)
     # -2 matches no token and no padding marker: windows reaching into bucket padding never match.
     tokens = tf.where((slots >= first_slot)[None, :], tf.cast(tokens, tf.int32), -2)
     # The last width - 1 tokens before cur_len, [B, W - 1] (clipped reads are masked by -2 below).
-    offsets = cur_len - (width - 1) + tf.range(width - 1)
-    previous = tf.gather(tokens, tf.clip_by_value(offsets, 0, length - 1), axis=1)
-    previous = tf.where((offsets >= 0)[None, :], previous, -2)
+    offsets = tf.broadcast_to(cur_len - (width - 1) + tf.range(width - 1)[None, :], [batch, width - 1])
+    previous = tf.gather(tokens, tf.clip_by_value(offsets, 0, length - 1), axis=1, batch_dims=1)
+    previous = tf.where(offsets >= 0, previous, -2)
     prefix = words[:, :-1]  # [S, W - 1]
     match = tf.reduce_all((prefix[None] == previous[:, None]) | (prefix[None] < 0), axis=-1)  # [B, S]
     # As Hugging Face: a sequence longer than the input so far (prompt included) never matches.
     lengths = tf.reduce_sum(tf.cast(words >= 0, tf.int32), axis=1)  # [S]
-    match &= (lengths <= cur_len - first_slot)[None, :]
+    match &= lengths[None, :] <= cur_len - first_slot
     last = tf.maximum(words[:, -1], 0)  # [S]
     banned = tf.reduce_any(match[:, :, None] & tf.equal(last[None, :, None], tf.range(tf.shape(scores)[1])),
                            axis=1)  # [B, V]
@@ -93,13 +94,13 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
     Args:
         scores: float [B, V].
         tokens: int32 [B, L], the sequence buffer (slots >= cur_len are ignored).
-        cur_len: int32 scalar, how many slots hold tokens.
+        cur_len: int32 scalar, how many slots hold tokens, or [B], one count per row.
         ngram_size: int32 scalar n; 0 turns the processor off.
         first_slot: int32 scalar, slots before it (bucket padding) belong to no n-gram.
     """
     length = tf.shape(tokens)[1]
     n = tf.cast(ngram_size, tf.int32)
-    cur_len = tf.cast(cur_len, tf.int32)
+    cur_len = tf.reshape(tf.cast(cur_len, tf.int32), [-1, 1])  # [1, 1], or [B, 1] (one per row)
     # -1 matches no real token, so windows reaching into the padding never match.
     tokens = tf.where(tf.range(length)[None, :] >= first_slot, tf.cast(tokens, tf.int32), -1)
 
@@ -107,12 +108,13 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
         # A window starting at j matches when tokens[j + i] == tokens[cur_len - n + 1 + i] for
         # i < n - 1; its next token tokens[j + n - 1] is then banned.
         starts = tf.range(length)
-        prefix_start = cur_len - n + 1
+        prefix_start = tf.broadcast_to(cur_len - n + 1, [tf.shape(tokens)[0], 1])
 
         def compare(i, match):
             window = tf.gather(tokens, tf.minimum(starts + i, length - 1), axis=1)  # [B, L]
-            current = tf.gather(tokens, tf.clip_by_value(prefix_start + i, 0, length - 1), axis=1)
-            return i + 1, match & tf.equal(window, current[:, None])
+            current = tf.gather(tokens, tf.clip_by_value(prefix_start + i, 0, length - 1), axis=1,
+                                batch_dims=1)  # [B, 1]
+            return i + 1, match & tf.equal(window, current)
 
         match = tf.ones_like(tokens, tf.bool)
         _, match = tf.while_loop(
@@ -121,8 +123,8 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
         )
         # A window must lie inside [first_slot, cur_len): with n = 1 there is nothing to compare,
         # so a padding slot would otherwise ban token 0.
-        inside = (starts >= first_slot) & (starts + n - 1 < cur_len)
-        valid = inside[None, :] & (cur_len - first_slot + 1 >= n)
+        inside = (starts >= first_slot)[None, :] & (starts[None, :] + n - 1 < cur_len)  # [1 or B, L]
+        valid = inside & (cur_len - first_slot + 1 >= n)
         match = match & valid  # [B, L]
         next_tokens = tf.gather(tokens, tf.minimum(starts + n - 1, length - 1), axis=1)  # [B, L]
         next_tokens = tf.maximum(next_tokens, 0)  # padding slots never match; keep indices valid
@@ -135,9 +137,10 @@ def no_repeat_ngram(scores, tokens, cur_len, ngram_size, first_slot=0):
     return tf.cond(n > 0, banned, lambda: scores)
 
 
-def min_new_tokens(scores, step, minimum, eos_token_id):
-    """Forbid EOS while fewer than `minimum` (scalar or [B]) tokens were generated (`step`)."""
-    is_eos = tf.equal(tf.range(tf.shape(scores)[1]), eos_token_id)[None, :]
+def min_new_tokens(scores, step, minimum, eos_mask):
+    """Forbid every EOS id (`eos_mask` bool [V]) while fewer than `minimum` (scalar or [B]) tokens
+    were generated (`step`), as Hugging Face's MinNewTokensLengthLogitsProcessor does."""
+    is_eos = eos_mask[None, :]
     block = tf.reshape(tf.cast(step, tf.int32) < tf.cast(minimum, tf.int32), [-1, 1])
     return tf.where(is_eos & block, NEG_INF, scores)
 

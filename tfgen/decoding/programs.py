@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 from typing import Callable, Dict, List, Optional
@@ -268,20 +267,10 @@ def _listing(directory: Optional[str]) -> set:
 
 
 def _link_xla_files(entry_path: str, names) -> None:
-    """Put a restored entry's XLA executables where TensorFlow looks (hard links: entries are only
-    ever replaced whole, never written in place, so a link always holds a checked file)."""
+    """Put a restored entry's XLA executables where TensorFlow looks (`cache.link_files`)."""
     directory = cache.xla_directory()
-    if directory is None or not names:
-        return
-    os.makedirs(directory, exist_ok=True)
-    for name in names:
-        target = os.path.join(directory, name[len(_XLA_PREFIX):])
-        if os.path.exists(target):
-            continue
-        try:
-            os.link(os.path.join(entry_path, name), target)
-        except OSError:
-            shutil.copyfile(os.path.join(entry_path, name), target)
+    if directory is not None and names:
+        cache.link_files(entry_path, names, directory, strip=_XLA_PREFIX)
 
 
 @contextlib.contextmanager

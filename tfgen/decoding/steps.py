@@ -28,20 +28,27 @@ def feed(lm, tokens, slot, positions, key_mask, cache):
     return logits, cache, key_mask
 
 
-def write_column(buffer, column, values):
-    """buffer[:, column] = values, for a [B, L] buffer and a scalar column (no Python indexing)."""
-    hit = tf.equal(tf.range(tf.shape(buffer)[-1]), column)
-    return tf.where(hit, tf.expand_dims(tf.cast(values, buffer.dtype), -1), buffer)
+def write_column(buffer, column, values, axis=-1):
+    """buffer[..., column] = values along `axis` (the last by default) for a scalar column, no
+    Python indexing: a [B, L] buffer and values [B]; [B, K, L] and [B, K]; or, with axis=1,
+    [B, L, N] and [B, N]. `column` may also be [B], one column per row (speculative decoding)."""
+    axis = axis % len(buffer.shape)
+    shape = [1] * len(buffer.shape)
+    shape[axis] = -1
+    row_shape = [-1] + [1] * (len(buffer.shape) - 1)
+    hit = tf.equal(tf.reshape(tf.range(tf.shape(buffer)[axis]), shape), tf.reshape(column, row_shape))
+    return tf.where(hit, tf.expand_dims(tf.cast(values, buffer.dtype), axis), buffer)
 
 
 def token_counts(tokens, first_slot, cur_len, vocab_size):
-    """int32 [B, V]: how often each token occurs in tokens[:, first_slot:cur_len]."""
-    slots = tf.range(tf.shape(tokens)[1])
-    valid = (slots >= first_slot) & (slots < cur_len)
+    """int32 [B, V]: how often each token occurs in tokens[:, first_slot:cur_len] (cur_len a scalar
+    or [B], one per row)."""
+    slots = tf.range(tf.shape(tokens)[1])[None, :]
+    valid = (slots >= first_slot) & (slots < tf.reshape(cur_len, [-1, 1]))  # [1 or B, L]
     batch = tf.shape(tokens)[0]
     rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
     indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(tokens, [-1])], axis=-1)
-    updates = tf.reshape(tf.broadcast_to(tf.cast(valid, tf.int32)[None, :], tf.shape(tokens)), [-1])
+    updates = tf.reshape(tf.broadcast_to(tf.cast(valid, tf.int32), tf.shape(tokens)), [-1])
     return tf.scatter_nd(indices, updates, [batch, vocab_size])
 
 
@@ -57,9 +64,10 @@ def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
     Args:
         scores: float [B, V] (logits, or log-probabilities in beam search).
         tokens: int32 [B, L], the sequence buffer; cur_len: how many slots are filled.
-        step: how many tokens have been generated.
+        step: how many tokens have been generated. cur_len and step are scalars, or [B] each
+            (speculative decoding scores each row's drafted positions as rows of their own).
         params: a `SamplingParams` or `BeamParams` (repetition_penalty [B], first_slot,
-            no_repeat_ngram_size, min_new_tokens, eos_token_id, rules).
+            no_repeat_ngram_size, min_new_tokens, eos_mask, rules).
     """
     penalty = params.repetition_penalty
     first_slot = params.first_slot
@@ -76,21 +84,31 @@ def apply_processors(scores, tokens, cur_len, step, params, vocab_size):
         scores, tokens, cur_len, params.no_repeat_ngram_size, first_slot)
     if rules.bad_words is not None:
         scores = processors.bad_words(scores, tokens, cur_len, rules.bad_words, first_slot)
-    scores = processors.min_new_tokens(scores, step, params.min_new_tokens, params.eos_token_id)
+    scores = processors.min_new_tokens(scores, step, params.min_new_tokens, params.eos_mask)
     if rules.suppress is not None:
         scores = processors.suppress(scores, rules.suppress)
     if rules.begin_suppress is not None:
-        scores = tf.cond(tf.equal(step, 0), lambda: processors.suppress(scores, rules.begin_suppress),
-                         lambda: scores)
+        first = tf.reshape(tf.equal(step, 0), [-1, 1])  # [1, 1] or [B, 1]
+        scores = tf.where(first, processors.suppress(scores, rules.begin_suppress), scores)
     return scores
 
 
-def generated_lengths(new_tokens, eos_token_id, limit):
+def ends_row(tokens, eos_mask, ignore_eos=None):
+    """bool, the shape of `tokens`: which are EOS ids (`eos_mask` [V]); rows whose `ignore_eos`
+    [B] is set have none."""
+    hit = tf.gather(eos_mask, tokens)
+    if ignore_eos is None:
+        return hit
+    shape = tf.concat([tf.shape(ignore_eos), tf.ones([tf.rank(tokens) - 1], tf.int32)], 0)
+    return hit & ~tf.reshape(ignore_eos, shape)
+
+
+def generated_lengths(new_tokens, eos_mask, limit, ignore_eos=None):
     """Tokens generated per row: up to and including the first EOS, at most `limit` [B] or scalar.
 
-    `eos_token_id` is a scalar or one id per row [B] (-1 for a row that ignores EOS)."""
+    `eos_mask` bool [V] marks the EOS ids; rows whose `ignore_eos` [B] is set have none."""
     count = tf.shape(new_tokens)[1]
-    is_eos = tf.equal(new_tokens, tf.reshape(tf.cast(eos_token_id, new_tokens.dtype), [-1, 1]))
+    is_eos = ends_row(new_tokens, eos_mask, ignore_eos)
     first_eos = tf.where(
         tf.reduce_any(is_eos, axis=1), tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32) + 1,
         count,

@@ -4,21 +4,28 @@ The export checks its arguments, builds the generation module (`graph_module`, w
 limits against the model), and only then writes: it traces and saves the signatures to a
 temporary directory beside the versions, writes the warmup records and metadata, validates the
 result in a fresh process (tfgen/export/validation.py) and renames it into place.
+
+Each program is compiled once: this process traces and saves but runs none of the export's
+programs; the validator, the first process to run them, compiles each into the export's own
+persistent XLA cache (`VERSION/assets.extra/xla_cache`), which later starts with the same settings
+(`tfgen validate`, TF Serving through serve.sh's warm start) load instead of compiling.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+import uuid
+from typing import List, Optional, Sequence
 
 from tfgen.config import check_int
 from tfgen.export import serving_files
-from tfgen.export.validation import expected_outputs, run_validation
+from tfgen.export.validation import XLA_CACHE, expected_outputs, run_validation
 
 DEFAULT_STRATEGIES = ("greedy", "sample", "beam")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -94,7 +101,11 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
         version: the version number; default is the next integer.
         strategies: which decoding signatures to export besides greedy `serving_default` and
             `generate_ids`: "sample" adds `generate` (per-row parameters), "beam" adds `beam`,
-            "stop" (not in the default) adds `generate_stop` (`generate` plus stop strings per row).
+            "stop" (not in the default) adds `generate_stop` (`generate` plus stop strings per row);
+            "logprobs" (not in the default) adds `generate_logprobs` (`generate` plus per-token
+            log-probabilities and top alternatives, `logprobs` per row); "speculative" (not in the
+            default) adds `greedy_speculative` (greedy with prompt lookup speculation, the same
+            text in fewer model passes).
         max_prompt_tokens: longer prompts are left-truncated to their last max_prompt_tokens tokens.
         max_new_tokens: the most new tokens per request (and the default of serving_default).
         num_beams, num_return_sequences: of the `beam` signature.
@@ -135,7 +146,7 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
         signatures = _trace(module, strategies, steps)
         _save(module, signatures, generator, name, export_dir, steps)
         if validate:
-            _validate(export_dir, generator, module.max_new_tokens, steps)
+            _validate(export_dir, generator, module.max_new_tokens, xla, steps)
         else:
             steps.log("[3/4] validation skipped")
         _move_into_place(export_dir, target, path, name, module.batch_buckets, steps)
@@ -145,8 +156,10 @@ def export_saved_model(generator, path: str, *, version: Optional[int] = None,
 def _progress_steps(module, strategies: Sequence[str], validate: bool) -> int:
     """The progress bar's units: signatures, the save, the warmup records, the validator's checks
     (load, op audit, warmup presence, one per warmup request, the request forms) and the move."""
-    signature_count = 2 + sum(strategy in strategies for strategy in ("sample", "beam", "stop"))
+    optional = ("sample", "beam", "stop", "logprobs")
+    signature_count = 2 + sum(strategy in strategies for strategy in optional)
     warmup_count = len(module.batch_buckets) * len(module.prompt_buckets) * signature_count
+    signature_count += "speculative" in strategies  # traced, but no warmup requests of its own
     return signature_count + 2 + (warmup_count + 6 if validate else 0) + 1
 
 
@@ -169,28 +182,88 @@ def _save(module, signatures: dict, generator, name: str, export_dir: str, steps
     requests = serving_files.warmup_requests(module)
     serving_files.write_warmup(export_dir, name, requests)
     serving_files.write_metadata(export_dir, serving_files.export_metadata(module, generator, signatures))
+    if module.xla:
+        serving_files.write_platform_config(export_dir, module.batch_buckets)
     steps.advance()
     steps.log(f"      {len(requests)} warmup requests ({steps.elapsed()})")
 
 
-def _validate(export_dir: str, generator, max_new_tokens: int, steps: _Progress) -> None:
-    """Step 3: the fresh-process validation, against the engine's greedy texts."""
+def _validate(export_dir: str, generator, max_new_tokens: int, xla: bool, steps: _Progress) -> None:
+    """Step 3: the fresh-process validation, against the engine's greedy texts; with XLA it
+    compiles every warmed program into the export's own XLA cache."""
     steps.log("[3/4] validating in a fresh process (TF Serving's loader, warmup replay, REST/gRPC forms) ...")
     expected = expected_outputs(generator, max_new_tokens)
-    report = run_validation(export_dir, expected=expected, log=steps.validation_line)
+    cache_dir = os.path.join(export_dir, XLA_CACHE) if xla else None
+    key = _executables_key(export_dir) if xla else None
+    seeded = key is not None and _seed_executables(key, cache_dir)
+    report = run_validation(export_dir, expected=expected, log=steps.validation_line, xla_cache=cache_dir,
+                            write_cache=True)
+    compiled = report.get("xla_cache", {}).get("compiled", 0)
+    if key is not None and report["ok"] and (compiled or not seeded):
+        _keep_executables(key, cache_dir)
     if not report["ok"]:
         failed = [c for c in report["checks"] if not c["ok"]]
         raise ExportError("validation failed: " + "; ".join(f"{c['check']}: {c['detail']}" for c in failed))
+
+
+# -- the validator's executables, kept in tfgen's cache for the next export of the same graph -----
+_EXPORTS = "exports"  # tfgen.cache section
+
+
+def _executables_key(export_dir: str) -> dict:
+    """What the validator's executables depend on: the export's function library, which is what XLA
+    compiles (the rest of saved_model.pb, such as the saver's node names, changes from one export of
+    the same model to the next), and the environment (tfgen, TensorFlow, CPU)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from tfgen import cache
+
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as handle:
+        saved = saved_model_pb2.SavedModel.FromString(handle.read())
+    functions = sorted(function.SerializeToString(deterministic=True) for graph in saved.meta_graphs
+                       for function in graph.graph_def.library.function)
+    sha = hashlib.sha256()
+    for function in functions:
+        sha.update(len(function).to_bytes(8, "little") + function)
+    return dict(cache.environment(), kind="export-executables", library=sha.hexdigest())
+
+
+def _seed_executables(key: dict, cache_dir: str) -> bool:
+    """Put the executables of an earlier export of the same graph into this one's XLA cache;
+    returns whether there were any."""
+    from tfgen import cache
+
+    entry = cache.read_entry(_EXPORTS, key)
+    if entry is None:
+        return False
+    cache.link_files(entry.path, entry.files, cache_dir)
+    return True
+
+
+def _keep_executables(key: dict, cache_dir: str) -> None:
+    """Store the export's executables under `key` (whole, replacing an older entry)."""
+    from tfgen import cache
+
+    try:
+        names = sorted(name for name in os.listdir(cache_dir) if name.endswith(".pb"))
+        files = {}
+        for name in names:
+            with open(os.path.join(cache_dir, name), "rb") as handle:
+                files[name] = handle.read()
+    except OSError:
+        return  # the next export compiles again; it never fails this one
+    if files:
+        cache.write_entry(_EXPORTS, key, files)
 
 
 def _move_into_place(export_dir: str, target: str, model_dir: str, name: str, batch_buckets: Sequence[int],
                      steps: _Progress) -> None:
     """Step 4: rename the version into place and write the operator files beside it."""
     steps.log("[4/4] moving into place ...")
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.rename(export_dir, target)
-    serving_files.write_operator_files(model_dir, name, batch_buckets)
+    _swap_into_place(export_dir, target)
+    cache_dir = os.path.join(target, XLA_CACHE)
+    serving_files.write_operator_files(model_dir, name, batch_buckets,
+                                       xla_cache=cache_dir if os.path.isdir(cache_dir) else None)
     steps.complete()
     steps.log(f"exported {target} ({steps.elapsed()})")
 
@@ -199,12 +272,77 @@ def _move_into_place(export_dir: str, target: str, model_dir: str, name: str, ba
 def _staging_directory(path: str, version: int):
     """A temporary directory beside the versions; removed afterwards, and `path` too if left empty."""
     os.makedirs(path, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=path)
+    remove_stale_staging(path)
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING}{version}-{os.getpid()}-", dir=path)
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(path)
+
+
+# -- crash safety: what a killed export leaves behind ---------------------------------------------
+_STAGING = ".tmp-"  # staging directories: .tmp-VERSION-PID-random (TF Serving skips non-numeric names)
+_STALE_SECONDS = 3600  # a staging directory without a readable pid counts as abandoned after this
+
+
+def _swap_into_place(export_dir: str, target: str) -> None:
+    """Rename the finished version to `target`. An existing version (overwrite) is first renamed
+    aside, never deleted in place, so a kill at any moment leaves the old version whole, no
+    version, or the new one whole; the aside copy is removed after, or by the next export."""
+    aside = None
+    if os.path.exists(target):
+        # .tmp-old-PID-random-VERSION: the pid says whether its export still runs, the version
+        # where to put it back if that export was killed between the renames.
+        aside = os.path.join(os.path.dirname(target), f"{_STAGING}old-{os.getpid()}-"
+                             f"{uuid.uuid4().hex[:8]}-{os.path.basename(target)}")
+        os.makedirs(aside)
+        os.rename(target, os.path.join(aside, "version"))
+    os.rename(export_dir, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_stale_staging(model_dir: str) -> List[str]:
+    """Remove the staging directories killed exports left in `model_dir`; returns their paths.
+
+    A staging directory names the process that made it; it is stale when that process is gone (or,
+    without a pid in its name, when it is older than an hour). Directories of exports still
+    running, in this or another process, are kept.
+    """
+    from tfgen import cache
+
+    removed = []
+    try:
+        names = os.listdir(model_dir)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if not name.startswith(_STAGING) or not os.path.isdir(path):
+            continue
+        parts = name[len(_STAGING):].split("-")
+        pid = int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
+        if pid is not None:
+            stale = pid != os.getpid() and not cache.process_alive(pid)
+        else:
+            try:
+                stale = time.time() - os.path.getmtime(path) > _STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            _restore_aside_version(path, model_dir)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _restore_aside_version(staging: str, model_dir: str) -> None:
+    """An overwrite killed between its two renames left the old version aside: put it back."""
+    aside = os.path.join(staging, "version")
+    name = os.path.basename(staging)[len(_STAGING):].split("-")[-1]
+    if os.path.isdir(aside) and name.isdigit() and not os.path.exists(os.path.join(model_dir, name)):
+        os.rename(aside, os.path.join(model_dir, name))
 
 
 @contextlib.contextmanager

@@ -12,11 +12,12 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfgen.config import ROW_FIELDS
-from tfgen.decoding import beam_search, params, sampling, stops
+from tfgen.config import MAX_LOGPROBS, ROW_FIELDS
+from tfgen.decoding import beam_search, params, sampling, speculative, steps, stops
 from tfgen.export.graph_tokenizer import GraphTokenizer
+from tfgen.tokenizer import token_texts
 
-STRATEGIES = ("greedy", "sample", "beam", "stop")
+STRATEGIES = ("greedy", "sample", "beam", "stop", "logprobs", "speculative")
 # The per-row inputs of the `generate` signature, in its order (other controls take neutral values).
 _GENERATE_INPUTS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                     "seed")
@@ -42,15 +43,27 @@ class GenerationModule(tf.Module):
         self.prompt_buckets = tuple(int(b) for b in prompt_buckets)
         self.xla = xla
         # Each token's bytes for ending rows at stop strings inside the loop (`generate_stop`).
+        # Each token's text for the `logprobs` strategy, built only when it is exported.
+        self._token_texts_of = lambda: token_texts(generator.tokenizer, range(generator.vocab_size))
         token_bytes, token_lengths = generator.token_tables()
         self.token_bytes = tf.Variable(token_bytes, trainable=False, name="token_bytes")
         self.token_lengths = tf.Variable(token_lengths, trainable=False, name="token_lengths")
         self._decode = tf.function(self._decode_program, jit_compile=xla)
+        self._decode_logprobs = tf.function(self._decode_logprobs_program, jit_compile=xla)
         self._beam = tf.function(self._beam_program, jit_compile=xla)
+        self._speculative = tf.function(self._speculative_program, jit_compile=xla)
+        self._token_texts = None  # each token's text, built by the `logprobs` strategy only
 
     # -- compiled cores (the engine's own loops) ------------------------------------------------
     def _decode_program(self, ids, mask, loop_params):
         return sampling.loop(self.lm, ids, mask, loop_params, self.max_new_tokens)
+
+    def _decode_logprobs_program(self, ids, mask, loop_params):
+        return sampling.loop(self.lm, ids, mask, loop_params, self.max_new_tokens, top_logprobs=MAX_LOGPROBS)
+
+    def _speculative_program(self, ids, mask, loop_params):
+        return speculative.loop(self.lm, ids, mask, loop_params, self.max_new_tokens,
+                                speculative.PromptLookup(), speculative.DEFAULT_TOKENS)
 
     def _beam_program(self, ids, mask, loop_params):
         return beam_search.loop(self.lm, ids, mask, loop_params, self.max_new_tokens, self.num_beams,
@@ -85,12 +98,14 @@ class GenerationModule(tf.Module):
 
     def _sampling_params(self, rows, padded_batch, first_slot, stop_tables=None):
         return params.sampling_params(rows, padded_batch, first_slot=first_slot, stops=stop_tables,
-                                      eos_token_id=self.lm.eos_token_id, pad_token_id=self.lm.pad_token_id)
+                                      eos_token_ids=self.lm.eos_token_ids, pad_token_id=self.lm.pad_token_id,
+                                      vocab_size=self.lm.vocab_size)
 
     def _completion_text(self, new_tokens, num_generated):
         """Detokenize the new tokens [N, T] up to num_generated, without the EOS token."""
+        ends = params.eos_mask(self.lm.eos_token_ids, self.lm.vocab_size)
         keep = (tf.range(tf.shape(new_tokens)[1])[None, :] < num_generated[:, None]) & \
-            tf.not_equal(new_tokens, self.lm.eos_token_id)
+            ~steps.ends_row(new_tokens, ends)
         return self.tokenizer.decode(tf.ragged.boolean_mask(new_tokens, keep))
 
     # -- signatures -----------------------------------------------------------------------------
@@ -110,8 +125,20 @@ class GenerationModule(tf.Module):
         return self._generate(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
                               repetition_penalty, seed, stop=stop)
 
+    def generate_logprobs_text(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                               repetition_penalty, seed, logprobs):
+        """The `generate_logprobs` signature: `generate` plus `logprobs` [B] (0..20 per row) and,
+        per generated token, its id, text and log-probability and the row's `logprobs` most
+        likely alternatives (id, text, log-probability) under the distribution it was chosen from
+        (`tfgen.decoding.sampling.log_prob_columns`). Token axes [B, T] run to the longest row's
+        num_tokens; alternatives [B, T, K] to the largest `logprobs` of the request; entries past
+        a row's own num_tokens or `logprobs` hold id -1, text "" and log-probability 0.
+        """
+        return self._generate(prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                              repetition_penalty, seed, logprobs=logprobs)
+
     def _generate(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                  seed, stop=None):
+                  seed, stop=None, logprobs=None):
         batch = tf.size(prompt)
         given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                      top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
@@ -120,8 +147,17 @@ class GenerationModule(tf.Module):
         if stop is not None:
             checks.append(tf.debugging.assert_equal(tf.shape(stop)[0], batch,
                                                     message="stop: one row of stop strings per prompt"))
+        if logprobs is not None:
+            checks += [
+                tf.debugging.assert_equal(tf.size(logprobs), batch, message="logprobs: one value per prompt"),
+                tf.debugging.assert_greater_equal(logprobs, 0, message="logprobs: must be >= 0"),
+                tf.debugging.assert_less_equal(logprobs, MAX_LOGPROBS,
+                                               message=f"logprobs: must be <= {MAX_LOGPROBS}"),
+            ]
         with tf.control_dependencies(checks):
             ragged = self._tokenize(prompt)
+            if logprobs is not None:  # its own uses wait for its checks too
+                logprobs = tf.identity(logprobs)
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
         stop_tables = None
         if stop is not None:
@@ -133,15 +169,42 @@ class GenerationModule(tf.Module):
                 token_bytes=tf.convert_to_tensor(self.token_bytes),
                 token_lengths=tf.convert_to_tensor(self.token_lengths),
             )
-        out = self._decode(ids, mask, self._sampling_params(rows, padded_batch, first_slot, stop_tables))
+        decode = self._decode if logprobs is None else self._decode_logprobs
+        out = decode(ids, mask, self._sampling_params(rows, padded_batch, first_slot, stop_tables))
         new_tokens, num_generated = out["new_tokens"][:batch], out["num_generated"][:batch]
         completion = self._completion_text(new_tokens, num_generated)
         if stop is not None:
             completion = stops.cut_graph(completion, stop)
-        return {
+        result = {
             "text": tf.strings.join([prompt, completion]),
             "completion": completion,
             "num_tokens": num_generated,
+        }
+        if logprobs is not None:
+            result.update(self._logprob_outputs(out, batch, num_generated, logprobs))
+        return result
+
+    def _logprob_outputs(self, out, batch, num_generated, logprobs):
+        """The `generate_logprobs` outputs, cut to the longest row and the largest `logprobs`."""
+        if self._token_texts is None:
+            raise ValueError("the logprobs strategy's token texts were not built (call signatures())")
+        steps_taken = tf.reduce_max(num_generated)
+        width = tf.reduce_max(logprobs)
+        real = tf.range(steps_taken)[None, :] < num_generated[:, None]  # [B, T]
+        shown = real[:, :, None] & (tf.range(width)[None, None, :] < logprobs[:, None, None])  # [B, T, K]
+        token_ids = tf.where(real, out["new_tokens"][:batch, :steps_taken], -1)
+        top_ids = tf.where(shown, out["top_ids"][:batch, :steps_taken, :width], -1)
+
+        def texts(ids):
+            return tf.where(ids >= 0, tf.gather(self._token_texts, tf.maximum(ids, 0)), "")
+
+        return {
+            "token_ids": token_ids,
+            "token_texts": texts(token_ids),
+            "token_logprobs": tf.where(real, out["log_probs"][:batch, :steps_taken], 0.0),
+            "top_ids": top_ids,
+            "top_texts": texts(top_ids),
+            "top_logprobs": tf.where(shown, out["top_log_probs"][:batch, :steps_taken, :width], 0.0),
         }
 
     def greedy_text(self, prompt):
@@ -149,6 +212,18 @@ class GenerationModule(tf.Module):
         batch = tf.size(prompt)
         rows = self._rows(batch)
         return self.generate_text(prompt, *[rows[name] for name in _GENERATE_INPUTS])
+
+    def greedy_speculative_text(self, prompt):
+        """The `greedy_speculative` signature: `serving_default`'s greedy text, with prompt lookup
+        speculation (`tfgen.decoding.speculative`: the same tokens in fewer model passes), and
+        forward_passes [B], the model passes each row took."""
+        batch = tf.size(prompt)
+        ids, mask, padded_batch, first_slot = self._pad(self._tokenize(prompt), batch)
+        out = self._speculative(ids, mask, self._sampling_params(self._rows(batch), padded_batch, first_slot))
+        num_generated = out["num_generated"][:batch]
+        completion = self._completion_text(out["new_tokens"][:batch], num_generated)
+        return {"text": tf.strings.join([prompt, completion]), "completion": completion,
+                "num_tokens": num_generated, "forward_passes": out["forward_passes"][:batch]}
 
     def _rows(self, batch, **given):
         """Every per-row loop input for `batch` prompts: the signature's own (`given`) and, for the
@@ -166,7 +241,8 @@ class GenerationModule(tf.Module):
         ids, mask, padded_batch, first_slot = self._pad(self._tokenize(prompt), batch)
         loop_params = params.beam_params(
             tf.ones([padded_batch]), self.num_beams, max_new_tokens=self.max_new_tokens,
-            first_slot=first_slot, eos_token_id=self.lm.eos_token_id, pad_token_id=self.lm.pad_token_id)
+            first_slot=first_slot, eos_token_ids=self.lm.eos_token_ids, pad_token_id=self.lm.pad_token_id,
+            vocab_size=self.lm.vocab_size)
         out = self._beam(ids, mask, loop_params)
         count = batch * self.num_return_sequences
         completion = self._completion_text(out["new_tokens"][:count], out["num_generated"][:count])
@@ -215,6 +291,14 @@ class GenerationModule(tf.Module):
             sigs["generate_stop"] = tf.function(self.generate_stop_text).get_concrete_function(
                 text, *self._per_row_specs(), tf.TensorSpec([None, None], tf.string, name="stop"))
             done("generate_stop")
+        if "logprobs" in strategies:
+            self._token_texts = tf.Variable(self._token_texts_of(), trainable=False, name="token_texts")
+            sigs["generate_logprobs"] = tf.function(self.generate_logprobs_text).get_concrete_function(
+                text, *self._per_row_specs(), tf.TensorSpec([None], tf.int32, name="logprobs"))
+            done("generate_logprobs")
+        if "speculative" in strategies:
+            sigs["greedy_speculative"] = tf.function(self.greedy_speculative_text).get_concrete_function(text)
+            done("greedy_speculative")
         return sigs
 
     @staticmethod

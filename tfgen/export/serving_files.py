@@ -5,12 +5,14 @@ import datetime
 import json
 import os
 import shlex
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 METADATA_FILE = os.path.join("assets.extra", "tfgen_export.json")
+# TF Serving's platform config for a warm start from the version's XLA cache (serve.sh's TFGEN_WARM_START=1).
+PLATFORM_CONFIG_FILE = os.path.join("assets.extra", "tf_serving_platform_config.txt")
 
 
 def warmup_prompt(tokens: int) -> str:
@@ -42,6 +44,9 @@ def warmup_requests(module) -> List[Dict]:
             )
             if "generate" in signatures:
                 requests.append(dict(signature="generate", inputs=per_row))
+            if "generate_logprobs" in signatures:
+                requests.append(dict(signature="generate_logprobs", inputs=dict(
+                    per_row, logprobs=np.full([batch], 2, np.int32))))
             if "generate_stop" in signatures:
                 stop = np.array([[b"\n\n", b"."]] * batch, dtype=object)
                 requests.append(dict(signature="generate_stop", inputs=dict(per_row, stop=stop)))
@@ -132,7 +137,8 @@ def export_metadata(module, generator, signatures: Sequence[str]) -> Dict:
         "random_weights": bool(generator.random_weights),
         "architecture": generator.model.config.model_type,
         "vocab_size": lm.vocab_size,
-        "special_token_ids": {"bos": lm.bos_token_id, "eos": lm.eos_token_id, "pad": lm.pad_token_id},
+        "special_token_ids": {"bos": lm.bos_token_id, "eos": lm.eos_token_id, "pad": lm.pad_token_id,
+                              "eos_all": list(lm.eos_token_ids)},
         "signatures": list(signatures),
         "max_prompt_tokens": module.max_prompt_tokens,
         "prompt_policy": "longer prompts are left-truncated to their last max_prompt_tokens tokens; "
@@ -159,19 +165,93 @@ def write_metadata(path: str, metadata: Dict) -> str:
     return target
 
 
-def write_operator_files(model_dir: str, name: str, batch_buckets: Sequence[int]) -> List[str]:
-    """models.config, batching_parameters.txt and serve.sh beside the version directories."""
+def platform_config(batch_buckets: Sequence[int], intra_op_threads: int = 0,
+                    inter_op_threads: int = 0) -> str:
+    """TF Serving's PlatformConfigMap (`--platform_config_file`) for a warm start: the session runs
+    with Grappler off (`disable_meta_optimizer`), so it lowers the same HLO as the validator and
+    finds its executables in the persistent XLA cache (tfgen/export/serving_loader.py says why).
+    With this file TF Serving ignores --enable_batching, --batching_parameters_file and the
+    --tensorflow_*_parallelism flags, so the batching parameters and threads are here (0 = as
+    many as cores)."""
+    batching = "".join(f"            {line}\n" for line in batching_parameters(batch_buckets).splitlines())
+    return (
+        "platform_configs {\n"
+        "  key: \"tensorflow\"\n"
+        "  value {\n"
+        "    source_adapter_config {\n"
+        "      [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {\n"
+        "        legacy_config {\n"
+        "          session_config {\n"
+        f"            intra_op_parallelism_threads: {int(intra_op_threads)}\n"
+        f"            inter_op_parallelism_threads: {int(inter_op_threads)}\n"
+        "            graph_options { rewrite_options { disable_meta_optimizer: true } }\n"
+        "          }\n"
+        "          batching_parameters {\n" + batching +
+        "          }\n"
+        "        }\n"
+        "      }\n"
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def write_platform_config(path: str, batch_buckets: Sequence[int]) -> str:
+    """Write `platform_config` into the version directory `path` (PLATFORM_CONFIG_FILE)."""
+    target = os.path.join(path, PLATFORM_CONFIG_FILE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w", encoding="utf-8") as handle:
+        handle.write(platform_config(batch_buckets))
+    return target
+
+
+def warm_server_command(model_dir: str, platform_config_file: str) -> List[str]:
+    """`server_command` with the platform config in place of the batching flags it replaces."""
+    replaced = ("--enable_batching", "--batching_parameters_file")
+    return [part for part in server_command(model_dir) if not part.startswith(replaced)] + [
+        f"--platform_config_file={platform_config_file}"]
+
+
+def _serve_script(name: str, model_dir: str, xla_cache: Optional[str]) -> str:
+    """serve.sh: the plain command, and with a shipped XLA cache a warm start behind TFGEN_WARM_START=1."""
+    def command(parts):
+        return "exec " + " \\\n  ".join(shlex.quote(part) for part in parts) + "\n"
+
+    text = ("#!/bin/sh\n"
+            "# Serve this model with TensorFlow Serving (CPU). On a GPU build drop\n"
+            "# --xla_cpu_compilation_enabled=true; in Docker mount this directory and point the\n"
+            "# paths at the mount (for example /models/" + name + ").\n")
+    if xla_cache is not None:
+        version_dir = os.path.dirname(os.path.dirname(xla_cache))
+        config = os.path.join(version_dir, PLATFORM_CONFIG_FILE)
+        text += (
+            "#\n"
+            "# TFGEN_WARM_START=1 ./serve.sh: load the XLA executables the export's validator compiled\n"
+            "# (" + xla_cache + ") instead of compiling every program\n"
+            "# during warmup. TF_XLA_FLAGS points TensorFlow's persistent XLA cache there, read-only (an\n"
+            "# unwritable directory otherwise fails the request); the platform config turns Grappler off\n"
+            "# so that the HLO, the cache's key, is the validator's. The executables are native code for\n"
+            "# the exporting machine's TensorFlow (assets.extra/tfgen_export.json) and CPU, which the key\n"
+            "# does not hold: use this only on a server with that TensorFlow version on the same CPU type.\n"
+            "# Serve a newer version: point both paths at its directory.\n"
+            "if [ \"${TFGEN_WARM_START:-0}\" = 1 ]; then\n"
+            "  export TF_XLA_FLAGS=\"${TF_XLA_FLAGS:+$TF_XLA_FLAGS }"
+            f"--tf_xla_persistent_cache_directory={shlex.quote(xla_cache)} "
+            "--tf_xla_persistent_cache_read_only=true\"\n"
+            "  " + command(warm_server_command(model_dir, config)) +
+            "fi\n")
+    return text + command(server_command(model_dir))
+
+
+def write_operator_files(model_dir: str, name: str, batch_buckets: Sequence[int],
+                         xla_cache: Optional[str] = None) -> List[str]:
+    """models.config, batching_parameters.txt and serve.sh beside the version directories; with the
+    version's XLA cache (`xla_cache`, VERSION/assets.extra/xla_cache) serve.sh has a warm start."""
     absolute = os.path.abspath(model_dir)
     files = {
         "models.config": models_config(name, absolute),
         "batching_parameters.txt": batching_parameters(batch_buckets),
-        "serve.sh": (
-            "#!/bin/sh\n"
-            "# Serve this model with TensorFlow Serving (CPU). On a GPU build drop\n"
-            "# --xla_cpu_compilation_enabled=true; in Docker mount this directory and point the\n"
-            "# paths at the mount (for example /models/" + name + ").\n"
-            "exec " + " \\\n  ".join(shlex.quote(part) for part in server_command(absolute)) + "\n"
-        ),
+        "serve.sh": _serve_script(name, absolute, None if xla_cache is None else os.path.abspath(xla_cache)),
     }
     written = []
     for filename, text in files.items():

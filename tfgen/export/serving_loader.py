@@ -8,6 +8,16 @@ forms) and gRPC `PredictRequest` protos into the signature's inputs the way TF S
 replays the warmup records. The tests' local server (tests/serving_server.py) answers REST and
 gRPC requests with `rest_predict` and `grpc_predict`.
 
+Warm starts: with TensorFlow's persistent XLA cache (TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR,
+read when TensorFlow loads) a process loads the executables another one compiled, but only when the
+HLO it lowers is byte for byte the same: the cache key is a hash of the HLO module, names included.
+Grappler, which a session runs on the graph and its functions before XLA sees them, names the
+constants it duplicates in an order that changes from process to process (measured: 3 of ~5900 HLO
+lines differed between two loads of one export, so every process missed). `SessionModel(path,
+grappler=False)` (`--no-grappler`) loads with Grappler off (`disable_meta_optimizer`), which TF
+Serving does through the session config of its `--platform_config_file` (serving_files.py); then
+every process lowers the same HLO and the cache hits. XLA still optimizes the compiled program.
+
 This file imports nothing from tfgen: `tfgen validate` runs it as a script in a fresh process.
 """
 from __future__ import annotations
@@ -29,10 +39,12 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 class SessionModel:
     """A SavedModel loaded the TF1 way, as TF Serving's SavedModelBundle does."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, grappler: bool = True):
         self.path = path
         self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph)
+        config = tf.compat.v1.ConfigProto()
+        config.graph_options.rewrite_options.disable_meta_optimizer = not grappler
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
             self.meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
         self.signatures = dict(self.meta.signature_def)
@@ -124,7 +136,7 @@ def _to_json(value, name: str):
         if isinstance(item, bytes):
             if name.endswith("_bytes"):
                 return {"b64": base64.b64encode(item).decode()}
-            return item.decode("utf-8")
+            return item.decode("utf-8", errors="replace")  # JSON text must be UTF-8; exact bytes: gRPC
         if isinstance(item, list):
             return [convert(i) for i in item]
         return item
@@ -197,12 +209,38 @@ def warmup_records(path: str):
     return requests
 
 
+# -- TensorFlow's persistent XLA cache -------------------------------------------------------------
+_CACHE_FLAG = "--tf_xla_persistent_cache_directory="
+
+
+def xla_cache_directory():
+    """The persistent XLA cache directory TensorFlow read from TF_XLA_FLAGS, or None."""
+    for part in os.environ.get("TF_XLA_FLAGS", "").split():
+        if part.startswith(_CACHE_FLAG):
+            return part[len(_CACHE_FLAG):]
+    return None
+
+
+def xla_cache_entries(directory) -> int:
+    """How many executables the directory holds (TensorFlow names them PREFIX__...__DEVICE.pb)."""
+    try:
+        return sum(name.endswith(".pb") for name in os.listdir(directory))
+    except (OSError, TypeError):
+        return 0
+
+
 # -- validation ---------------------------------------------------------------------------------
-def validate(path: str, expected: dict = None, log=print) -> dict:
-    """Check an export the way TF Serving would use it; returns a report with "ok"."""
+def validate(path: str, expected: dict = None, log=print, grappler: bool = True) -> dict:
+    """Check an export the way TF Serving would use it; returns a report with "ok".
+
+    With a persistent XLA cache (TF_XLA_FLAGS) the report's "xla_cache" counts its executables
+    before and after: on a writable cache, `compiled` is how many programs this process compiled.
+    """
     from tensorflow_serving.apis import predict_pb2
 
     report = {"path": path, "checks": [], "ok": True}
+    cache_dir = xla_cache_directory()
+    entries_before = xla_cache_entries(cache_dir)
 
     def check(name, passed, detail=""):
         report["checks"].append({"check": name, "ok": bool(passed), "detail": detail})
@@ -210,9 +248,10 @@ def validate(path: str, expected: dict = None, log=print) -> dict:
         log(f"  [{'ok' if passed else 'FAIL'}] {name}" + (f": {detail}" if detail else ""))
 
     start = time.perf_counter()
-    model = SessionModel(path)
+    model = SessionModel(path, grappler=grappler)
     check("load with the session-based SavedModel loader (tensorflow + tensorflow-text ops only)", True,
-          f"{time.perf_counter() - start:.1f} s; signatures {sorted(model.signatures)}")
+          f"{time.perf_counter() - start:.1f} s; signatures {sorted(model.signatures)}"
+          + ("" if grappler else "; Grappler off"))
     audit = audit_ops(model)
     report["ops"] = audit
     detail = f"{len(audit['ops'])} op types; tensorflow-text: {audit['tensorflow_text_ops'] or 'none'}"
@@ -247,6 +286,14 @@ def validate(path: str, expected: dict = None, log=print) -> dict:
                   "" if same else f"export {texts_row!r} vs engine {expected['greedy_texts']!r}")
     except Exception as error:
         check("REST request forms", False, str(error).splitlines()[0])
+    if cache_dir is not None:
+        after = xla_cache_entries(cache_dir)
+        read_only = "--tf_xla_persistent_cache_read_only=true" in os.environ.get("TF_XLA_FLAGS", "").split()
+        compiled = None if read_only else after - entries_before  # a read-only cache keeps no count
+        report["xla_cache"] = {"directory": cache_dir, "entries_before": entries_before,
+                               "entries_after": after, "compiled": compiled}
+        log(f"  XLA cache {cache_dir}: {entries_before} executables found, "
+            + ("read-only" if read_only else f"{compiled} compiled and added"))
     return report
 
 
@@ -257,13 +304,15 @@ def main(argv=None) -> int:
     parser.add_argument("path")
     parser.add_argument("--expected", help="JSON file with prompts and the engine's greedy texts")
     parser.add_argument("--report", help="write the JSON report here")
+    parser.add_argument("--no-grappler", action="store_true",
+                        help="load with Grappler off, so that a persistent XLA cache hits across processes")
     args = parser.parse_args(argv)
     expected = None
     if args.expected:
         with open(args.expected, encoding="utf-8") as handle:
             expected = json.load(handle)
     try:
-        report = validate(args.path, expected)
+        report = validate(args.path, expected, grappler=not args.no_grappler)
     except Exception as error:
         detail = str(error).splitlines()[0] if str(error) else repr(error)
         report = {"path": args.path, "ok": False,

@@ -20,7 +20,9 @@ bias and position context they get (Gemma's sliding-window and global layers): `
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 from typing import Hashable, List, Optional, Tuple
 
 import numpy as np
@@ -36,8 +38,17 @@ def write_slots(cache: tf.Tensor, update: tf.Tensor, start: tf.Tensor, in_place:
 
     `in_place` (for jit-compiled programs) uses XLA's dynamic update slice, which XLA performs in
     place; the scatter used otherwise runs everywhere (eager inspection, --no-xla exports).
+
+    `start` may also be int32 [R], one slot per cache row (speculative decoding, where each row
+    accepts its own number of tokens): then one scatter of R * T rows of D values, which XLA also
+    performs in place (a one-hot write would read and rewrite the whole cache every step).
     """
     start = tf.cast(start, tf.int32)
+    if start.shape.rank == 1:
+        slots = start[:, None] + tf.range(tf.shape(update)[1])[None, :]  # [R, T]
+        rows = tf.broadcast_to(tf.range(tf.shape(cache)[0])[:, None], tf.shape(slots))
+        indices = tf.stack([rows, slots], axis=-1)  # [R, T, 2]
+        return tf.tensor_scatter_nd_update(cache, indices, tf.cast(update, cache.dtype))
     if in_place:
         from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
@@ -55,18 +66,20 @@ def attention_bias(key_mask: tf.Tensor, start: tf.Tensor, num_queries: int,
                    window: Optional[int] = None) -> tf.Tensor:
     """Additive attention bias [B, 1, T, L]: query i (at slot start + i) sees valid slots <= its own.
 
+    `start` is a scalar, or int32 [B] with one first slot per row (speculative decoding).
+
     `window` (sliding-window attention: Gemma's local layers, Mistral): a query also ignores the
     slots more than `window - 1` before its own, so it sees at most `window` tokens, itself
     included. The distance is measured in slots: a row's slots and positions differ by its left
     padding, a constant per row, so the slot distance is the position distance.
     """
     max_length = tf.shape(key_mask)[1]
-    query_slots = tf.cast(start, tf.int32) + tf.range(num_queries)  # [T]
-    key_slots = tf.range(max_length)[None, :]  # [1, L]
-    allowed = key_slots <= query_slots[:, None]  # [T, L]
+    query_slots = tf.reshape(tf.cast(start, tf.int32), [-1, 1]) + tf.range(num_queries)  # [1 or B, T]
+    key_slots = tf.range(max_length)[None, None, :]  # [1, 1, L]
+    allowed = key_slots <= query_slots[:, :, None]  # [1 or B, T, L]
     if window is not None:
-        allowed = tf.logical_and(allowed, key_slots > query_slots[:, None] - int(window))
-    allowed = tf.logical_and(allowed[None, :, :], tf.cast(key_mask, tf.bool)[:, None, :])  # [B, T, L]
+        allowed = tf.logical_and(allowed, key_slots > query_slots[:, :, None] - int(window))
+    allowed = tf.logical_and(allowed, tf.cast(key_mask, tf.bool)[:, None, :])  # [B, T, L]
     return tf.where(allowed, 0.0, _MASK_VALUE)[:, None, :, :]
 
 
@@ -94,6 +107,9 @@ def cached_attention(q, k_new, v_new, cache_k, cache_v, start, bias, in_place=Fa
     heads, kv_heads = q.shape[1], k_new.shape[1]
     groups = heads // kv_heads
     rows = batch * kv_heads
+    start = tf.cast(start, tf.int32)
+    if start.shape.rank == 1:  # one start per batch row: the same for each of its kv heads
+        start = tf.repeat(start, kv_heads)
     cache_k = write_slots(cache_k, tf.reshape(k_new, [rows, length, dim]), start, in_place)
     cache_v = write_slots(cache_v, tf.reshape(v_new, [rows, length, dim]), start, in_place)
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
@@ -123,6 +139,14 @@ class CausalLM:
     pad_token_id: int
     bos_token_id: int
     dtype = tf.float32
+
+    @property
+    def eos_token_ids(self) -> tuple:
+        """Every id that ends a row, the primary `eos_token_id` first (Llama 3's <|eot_id|> and
+        <|end_of_text|>, Gemma's <eos> and <end_of_turn>): from the config's `eos_token_ids` where
+        it has them."""
+        extra = getattr(getattr(self, "config", None), "eos_token_ids", None) or ()
+        return tuple(dict.fromkeys([int(self.eos_token_id)] + [int(i) for i in extra]))
     # Whether `block` writes the cache with XLA's in-place update: set on the copy that compiled
     # programs use (`with_in_place_writes`), never changed on an adapter afterwards.
     in_place_writes = False
@@ -165,8 +189,12 @@ class CausalLM:
         """
         hidden, cache = self.hidden(input_ids, positions, start, key_mask, cache)
         if not all_logits:
-            hidden = hidden[:, -1, :]
-        return self.logits(hidden), cache
+            return self.logits(hidden[:, -1, :]), cache
+        # One [B * T, D] product: a [B, T, D] one broadcasts the output matrix to a batch of B
+        # (under XLA a copy of it, the largest weight, on every pass).
+        shape = tf.shape(hidden)
+        logits = self.logits(tf.reshape(hidden, [-1, hidden.shape[-1]]))
+        return tf.reshape(logits, [shape[0], shape[1], -1]), cache
 
     def hidden(self, input_ids, positions, start, key_mask, cache, all_layers=False):
         """Final hidden states [B, T, D] (or every layer's, input embeddings first) and the cache."""
@@ -235,8 +263,10 @@ class CausalLM:
         raise NotImplementedError
 
     def num_parameters(self) -> int:
-        """Number of parameters (tied input/output embeddings counted once)."""
-        return int(sum(v.shape.num_elements() for v in self.variables()))
+        """Number of parameters (tied input/output embeddings counted once, and so are the
+        `SplitWeight` blocks that copy a matrix the model keeps)."""
+        unique = {id(v): v for v in self.variables() if not getattr(v, _COPY_MARK, False)}
+        return int(sum(v.shape.num_elements() for v in unique.values()))
 
 
 def weight_variable(value, name: str) -> tf.Variable:
@@ -251,10 +281,11 @@ def block_projections(take) -> dict:
     (Llama's and Gemma's layout). `take(name)` returns the block's weight `name` (and may drop it)."""
     q, k, v = (take(f"self_attn.{name}_proj.weight") for name in "qkv")
     gate, up = take("mlp.gate_proj.weight"), take("mlp.up_proj.weight")
-    return dict(qkv=weight_variable(np.concatenate([q, k, v], axis=0).T, "qkv"),
-                o=weight_variable(take("self_attn.o_proj.weight").T, "o"),
-                gate_up=weight_variable(np.concatenate([gate, up], axis=0).T, "gate_up"),
-                down=weight_variable(take("mlp.down_proj.weight").T, "down"))
+    layout = ProductLayout.from_environment()  # each a variable or a SplitWeight (`projection_weight`)
+    return dict(qkv=projection_weight(np.concatenate([q, k, v], axis=0).T, "qkv", layout),
+                o=projection_weight(take("self_attn.o_proj.weight").T, "o", layout),
+                gate_up=projection_weight(np.concatenate([gate, up], axis=0).T, "gate_up", layout),
+                down=projection_weight(take("mlp.down_proj.weight").T, "down", layout))
 
 
 class DecoderLM(CausalLM):
@@ -287,14 +318,133 @@ class DecoderLM(CausalLM):
     def final_norm(self, x):
         return rms_norm(x, self.model.norm, self.epsilon)
 
+    def logits(self, hidden):
+        """hidden @ the output matrix^T, through the holder's `output` (`output_weight`)."""
+        return output_logits(hidden, self.model.output)
+
+
+# -- the products: how weight matrices are stored so that XLA CPU reads them on every core --------
+# XLA CPU runs a one-row product (batch 1) as its tiled LLVM IR GEMV, one thread, and products of
+# a few rows as Eigen calls; its thunk executor runs independent products at the same time. A
+# matrix stored as two blocks, each its own variable, is two independent products that two cores
+# read at once (see README, "Both cores: how a step's products run").
+SPLIT_PRODUCTS_ENV = "TFGEN_SPLIT_PRODUCTS"
+_COPY_MARK = "_tfgen_copy"  # set on the variables of a SplitWeight that copies a kept matrix
+_PART_ALIGN = 16  # part widths in whole 16-float (64-byte) vectors, as the GEMV tiles them
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductLayout:
+    """How weight matrices built now are stored: `parts` blocks each (1: one matrix, as before);
+    `pad_rows`: a one-row product is run as two rows (the second zeros), which XLA sends to Eigen
+    instead of its single-threaded GEMV."""
+
+    parts: int = 1
+    pad_rows: bool = False
+
+    @classmethod
+    def from_environment(cls) -> "ProductLayout":
+        """$TFGEN_SPLIT_PRODUCTS: "N" (N parts) or "N,pad"; unset: 2 parts on a machine with two or
+        more cores, else 1. Read when the weights are built (load time), never while tracing.
+
+        Raises:
+            ValueError: the variable is not a whole number >= 1, optionally followed by ",pad".
+        """
+        value = os.environ.get(SPLIT_PRODUCTS_ENV, "").strip().lower()
+        if not value:
+            return cls(parts=2 if (os.cpu_count() or 1) >= 2 else 1)
+        count, _, option = value.partition(",")
+        if not count.strip().isdigit() or int(count) < 1 or option.strip() not in ("", "pad"):
+            raise ValueError(f"{SPLIT_PRODUCTS_ENV} must be a number of parts >= 1, optionally followed by "
+                             f"',pad' (e.g. 2 or 2,pad), got {value!r}")
+        return cls(parts=int(count), pad_rows=option.strip() == "pad")
+
+
+class SplitWeight(tf.Module):
+    """A weight matrix stored as blocks along one axis, each block its own variable, so that a
+    product with it is one independent XLA product per block (`dense`, `output_logits`).
+
+    `axis` 1: column blocks of a projection [in, out] read as x @ W; axis 0: row blocks of an
+    output matrix [V, D] read as x @ W^T (tied embeddings). Part sizes are multiples of 16 where
+    the matrix is wide enough; the blocks concatenated are the matrix, so results are the unsplit
+    product's (each output column is the same dot over the same inputs).
+
+    Example:
+        >>> w = SplitWeight(np.ones([768, 2304], np.float32), "c_attn", ProductLayout(parts=2))
+        >>> [p.shape.as_list() for p in w.parts]
+        [[768, 1152], [768, 1152]]
+    """
+
+    def __init__(self, value, name: str, layout: ProductLayout, axis: int = 1, copy: bool = False):
+        """`copy`: the blocks copy a matrix the model keeps (tied embeddings, a transformers
+        model's own variables); `CausalLM.num_parameters` does not count them again."""
+        super().__init__(name=name)
+        value = np.asarray(value, np.float32)
+        self.shape = tf.TensorShape(value.shape)
+        self.axis = axis
+        self.pad_rows = layout.pad_rows
+        size = value.shape[axis]
+        step = max(_PART_ALIGN, -(-size // layout.parts // _PART_ALIGN) * _PART_ALIGN)
+        bounds = list(range(0, size, step)) + [size]
+        # The layout is in the names, so cached programs (keyed by variable names) never mix layouts.
+        tag = f"of{len(bounds) - 1}{'p' if layout.pad_rows else ''}"
+        self.parts = [weight_variable(np.ascontiguousarray(value[:, a:b] if axis == 1 else value[a:b]),
+                                      f"{name}_{i}{tag}") for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        for part in self.parts:
+            setattr(part, _COPY_MARK, copy)
+
+
+def projection_weight(value, name: str, layout: Optional[ProductLayout] = None):
+    """A projection [in, out] as the layout stores it: one variable, or a `SplitWeight` of column
+    blocks. `layout`: `ProductLayout.from_environment()` when None."""
+    layout = ProductLayout.from_environment() if layout is None else layout
+    if layout.parts == 1 and not layout.pad_rows:
+        return weight_variable(value, name)
+    return SplitWeight(value, name, layout)
+
+
+def output_weight(matrix, name: str, layout: Optional[ProductLayout] = None):
+    """The output matrix [V, D] for `output_logits`, as the layout stores it.
+
+    `matrix`: a variable the model keeps (tied embeddings, which the lookup reads): returned as it
+    is, or split into a `SplitWeight` of row blocks that copies it. An array (a separate output
+    matrix, read only here): one variable, or the blocks alone."""
+    layout = ProductLayout.from_environment() if layout is None else layout
+    kept = isinstance(matrix, tf.Variable)
+    if layout.parts == 1 and not layout.pad_rows:
+        return matrix if kept else weight_variable(matrix, name)
+    value = matrix.numpy() if kept else matrix
+    return SplitWeight(value, name, layout, axis=0, copy=kept)
+
+
+def _products(rows, weight, transpose: bool = False):
+    """rows [N, in] times a weight (a variable or `SplitWeight`): one product per block, the
+    outputs side by side [N, out]. `transpose`: the weight is [out, in] (x @ W^T)."""
+    blocks = weight.parts if isinstance(weight, SplitWeight) else [weight]
+    padded = isinstance(weight, SplitWeight) and weight.pad_rows and rows.shape[0] == 1
+    if padded:  # two rows: XLA's Eigen product (both cores) instead of its one-thread GEMV
+        rows = tf.concat([rows, tf.zeros_like(rows)], axis=0)
+    outputs = [tf.matmul(rows, block, transpose_b=transpose) for block in blocks]
+    out = outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=-1)
+    return out[:1] if padded else out
+
 
 def dense(x, weight, bias=None):
-    """x [B, T, in] @ weight [in, out] (+ bias), as one 2-D matmul (as transformers' TFConv1D does)."""
+    """x [B, T, in] @ weight [in, out] (+ bias), as 2-D matmuls (as transformers' TFConv1D does):
+    one, or one per block of a `SplitWeight`."""
     shape = tf.shape(x)
-    flat = tf.matmul(tf.reshape(x, [-1, weight.shape[0]]), weight)
+    flat = _products(tf.reshape(x, [-1, weight.shape[0]]), weight)
     if bias is not None:
         flat = flat + bias
     return tf.reshape(flat, tf.concat([shape[:-1], [weight.shape[1]]], axis=0))
+
+
+def output_logits(hidden, head):
+    """hidden [..., D] @ head^T, head [V, D] (a variable or `output_weight`'s `SplitWeight`): the
+    logits [..., V]."""
+    shape = tf.shape(hidden)
+    flat = _products(tf.reshape(hidden, [-1, head.shape[1]]), head, transpose=True)
+    return tf.reshape(flat, tf.concat([shape[:-1], [head.shape[0]]], axis=0))
 
 
 def rms_norm(x, weight, epsilon):
@@ -337,11 +487,12 @@ def split_heads(x, heads, head_dim):
     return tf.transpose(x, [0, 2, 1, 3])
 
 
-def project_qkv(x, weight, heads, kv_heads, head_dim):
+def project_qkv(x, weight, heads, kv_heads, head_dim, bias=None):
     """Queries [B, heads, T, hd], keys and values [B, kv_heads, T, hd] from one fused projection
-    x [B, T, D] @ weight [D, (heads + 2 kv_heads) * hd] (Llama's and Gemma's layout)."""
+    x [B, T, D] @ weight [D, (heads + 2 kv_heads) * hd] (Llama's and Gemma's layout), plus its
+    bias [(heads + 2 kv_heads) * hd] where the model has one (Qwen2)."""
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
-    q, k, v = tf.split(dense(x, weight), [q_width, kv_width, kv_width], axis=-1)
+    q, k, v = tf.split(dense(x, weight, bias), [q_width, kv_width, kv_width], axis=-1)
     return (split_heads(q, heads, head_dim), split_heads(k, kv_heads, head_dim),
             split_heads(v, kv_heads, head_dim))
 

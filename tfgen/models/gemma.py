@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.models.base import (DecoderLM, apply_rotary, attention_bias, block_projections, cached_attention,
-                               dense, gated_ffn, merge_heads, project_qkv, rms_norm, rope_frequencies,
-                               rotary_context, soft_cap, weight_variable)
+                               dense, gated_ffn, merge_heads, output_weight, project_qkv, rms_norm,
+                               rope_frequencies, rotary_context, soft_cap, weight_variable)
 from tfgen.models.gguf import FULL, SLIDING, GemmaConfig, sliding_layer_types
 
 # GemmaConfig and sliding_layer_types live beside LlamaConfig (no TensorFlow); they are Gemma's names too.
@@ -100,6 +100,7 @@ class GemmaWeights(tf.Module):
         if "model.norm.weight" not in weights:
             raise ValueError("Gemma weights lack model.norm.weight")
         self.norm = weight_variable(1.0 + np.asarray(weights.pop("model.norm.weight"), np.float32), "norm")
+        self.output = output_weight(self.embed_tokens, "output")  # tied: the matrix, or a split copy
         self.blocks = [_Block(weights, f"model.layers.{i}.", i, config)
                        for i in range(config.num_hidden_layers)]
 
@@ -166,5 +167,5 @@ class Gemma(DecoderLM):
         return x + h, cache_k, cache_v
 
     def logits(self, hidden):
-        logits = tf.matmul(hidden, self.model.embed_tokens, transpose_b=True)
+        logits = super().logits(hidden)
         return logits if self.final_softcap is None else soft_cap(logits, self.final_softcap)

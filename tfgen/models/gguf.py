@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 _MAGIC = b"GGUF"
-_CACHE_FORMAT = 2  # bump when the cached layout changes (2: the config's model_type picks its class)
+_CACHE_FORMAT = 4  # bump when the cached layout changes (2: model_type picks the class; 4: EOS lists)
 
 # Weight types the `gguf` package dequantizes in numpy (integer types are not weights).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "F64", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
@@ -50,6 +50,11 @@ class DecoderConfig:
     head_dim: int
 
 
+# transformers' rope_scaling types the Llama adapter implements
+# (`tfgen.models.llama.rope_inverse_frequencies`).
+LLAMA_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+
 @dataclasses.dataclass
 class LlamaConfig(DecoderConfig):
     """The hyperparameters of a Llama-family model (names as in transformers' LlamaConfig)."""
@@ -63,6 +68,27 @@ class LlamaConfig(DecoderConfig):
     pad_token_id: int
     name_or_path: str = ""
     model_type: str = "llama"
+    # What Llama's relatives add, in transformers' terms (`tfgen.models.hf_checkpoint` reads them from
+    # config.json; GGUF files leave them at these defaults). `rope_scaling` is transformers' dict:
+    # rope_type "linear", "dynamic" or "llama3" (see `tfgen.models.llama.rope_inverse_frequencies`).
+    rope_scaling: Optional[dict] = None
+    qkv_bias: bool = False  # biases of the q/k/v projections (Qwen2; Llama's attention_bias)
+    o_bias: bool = False  # bias of the output projection (Llama's attention_bias)
+    use_qk_norm: bool = False  # per-head RMSNorm of queries and keys before RoPE (Qwen3)
+    sliding_window: Optional[int] = None  # the window of the sliding layers (Mistral, Qwen)
+    layer_types: Optional[List[str]] = None  # None: every layer sliding with a window, else full
+    eos_token_ids: Optional[Tuple[int, ...]] = None  # every id that ends a row; None: (eos_token_id,)
+
+    def __post_init__(self):
+        self.layer_types = check_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window,
+                                             SLIDING if self.sliding_window else FULL)
+        self.eos_token_ids = primary_eos_first(self.eos_token_id, self.eos_token_ids)
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in LLAMA_ROPE_TYPES:
+                raise ValueError(f"unsupported rope_scaling type {kind!r}; tfgen supports: "
+                                 f"{', '.join(LLAMA_ROPE_TYPES)}")
+            self.rope_scaling = {**self.rope_scaling, "rope_type": kind}
 
 
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types entries
@@ -74,6 +100,56 @@ GEMMA_FAMILY = {
     "gemma2": (2, False, True),
     "gemma3": (6, True, True),
 }
+
+
+def check_layer_types(layer_types: Optional[Sequence[str]], num_layers: int, sliding_window: Optional[int],
+                      default: str = FULL) -> List[str]:
+    """transformers' `layer_types` checked (None: `default` for every layer).
+
+    Raises:
+        ValueError: the list does not name every layer, has unknown entries, or names sliding layers
+            without a positive sliding_window.
+    """
+    layer_types = [default] * num_layers if layer_types is None else list(layer_types)
+    if len(layer_types) != num_layers or set(layer_types) - {SLIDING, FULL}:
+        raise ValueError(f"layer_types must name {num_layers} layers, each {SLIDING!r} or {FULL!r}; "
+                         f"got {layer_types}")
+    if SLIDING in layer_types and not (sliding_window and sliding_window > 0):
+        raise ValueError(f"sliding-window layers need a positive sliding_window, got {sliding_window}")
+    return layer_types
+
+
+# Token texts llama.cpp treats as ending generation whatever the metadata says (llama-vocab.cpp,
+# `special_eog_ids`): the end-of-turn tokens of chat templates, and the fill-in-the-middle pad,
+# repository and file-separator tokens it detects by their text when the metadata names none.
+_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+              "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+              "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>")
+_FIM_TEXTS = {"fim_pad": ("<|fim_pad|>", "<fim-pad>", "<PAD>"),
+              "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+              "fim_sep": ("<|file_sep|>",)}
+
+
+def end_of_generation_ids(reader, tokens: Sequence[str], eos: int) -> Tuple[int, ...]:
+    """The ids that end a row, as llama.cpp's end-of-generation set: EOS first, then the
+    end-of-turn and end-of-message ids the metadata names, the fill-in-the-middle pad/repository/
+    separator ids (from the metadata, else found by their text), and every token whose text is
+    one of `_EOG_TEXTS` (Gemma's <end_of_turn>, SmolLM2's <|im_end|>)."""
+    ids = [eos]
+    for name in ("eot", "eom", "fim_pad", "fim_rep", "fim_sep"):
+        value = _field(reader, f"tokenizer.ggml.{name}_token_id")
+        if value is not None and 0 <= int(value) < len(tokens):
+            ids.append(int(value))
+        elif name in _FIM_TEXTS:
+            ids += [index for index, text in enumerate(tokens) if text in _FIM_TEXTS[name]][:1]
+    ids += [index for index, text in enumerate(tokens) if text in _EOG_TEXTS]
+    return tuple(dict.fromkeys(ids))
+
+
+def primary_eos_first(eos_token_id: int, eos_token_ids: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    """Every id that ends a row, `eos_token_id` (the primary one) first, each once."""
+    ids = [int(eos_token_id)] + [int(i) for i in (eos_token_ids or ())]
+    return tuple(dict.fromkeys(ids))
 
 
 def sliding_layer_types(num_layers: int, pattern: Optional[int]) -> List[str]:
@@ -122,6 +198,7 @@ class GemmaConfig(DecoderConfig):
     use_post_norms: Optional[bool] = None
     model_type: str = "gemma3"
     name_or_path: str = ""
+    eos_token_ids: Optional[Tuple[int, ...]] = None  # every id that ends a row; None: (eos_token_id,)
 
     def __post_init__(self):
         if self.model_type not in GEMMA_FAMILY:
@@ -130,13 +207,8 @@ class GemmaConfig(DecoderConfig):
         pattern, qk_norm, post_norms = GEMMA_FAMILY[self.model_type]
         if self.layer_types is None:
             self.layer_types = sliding_layer_types(self.num_hidden_layers, pattern)
-        self.layer_types = list(self.layer_types)
-        if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {SLIDING, FULL}:
-            raise ValueError(f"layer_types must name {self.num_hidden_layers} layers, each {SLIDING!r} "
-                             f"or {FULL!r}; got {self.layer_types}")
-        if SLIDING in self.layer_types and not (self.sliding_window and self.sliding_window > 0):
-            raise ValueError("sliding-window layers need a positive sliding_window, "
-                             f"got {self.sliding_window}")
+        self.layer_types = check_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window)
+        self.eos_token_ids = primary_eos_first(self.eos_token_id, self.eos_token_ids)
         self.use_qk_norm = qk_norm if self.use_qk_norm is None else bool(self.use_qk_norm)
         self.use_post_norms = post_norms if self.use_post_norms is None else bool(self.use_post_norms)
         if self.query_pre_attn_scalar is None:
@@ -318,6 +390,7 @@ def _convert(path: str) -> GGUFModel:
         head_dim=int(meta("attention.key_length", hidden // heads)),
         max_position_embeddings=int(meta("context_length", 2048)),
         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, name_or_path=path,
+        eos_token_ids=end_of_generation_ids(reader, tokens, eos),
     )
     config = spec.config(arch, meta, shared, names, path)
     expected = {"token_embd.weight", "output_norm.weight"} | {

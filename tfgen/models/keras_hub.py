@@ -324,11 +324,6 @@ def _gemma3(backbone, preprocessor) -> Converted:
 
 
 # -- tokenizers -------------------------------------------------------------------------------------
-# Llama 3's pre-tokenizer pattern (tiktoken's), as in transformers' Llama 3 tokenizer.json.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
 def _bpe_tokenizer(tokenizer, llama3_split: bool, start: bool):
     """A keras-hub BytePairTokenizer's vocabulary and merges as a transformers fast tokenizer.
 
@@ -337,11 +332,13 @@ def _bpe_tokenizer(tokenizer, llama3_split: bool, start: bool):
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+    from tfgen.tokenizer import LLAMA3_SPLIT_REGEX
+
     merges = [tuple(rule.split(" ")) for rule in tokenizer.merges if not rule.startswith("#version")]
     backend = Tokenizer(models.BPE(vocab=dict(tokenizer.vocabulary), merges=merges))
     if llama3_split:
         backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

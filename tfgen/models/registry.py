@@ -10,21 +10,29 @@ from typing import Callable, Dict, Type
 
 from tfgen.models.base import CausalLM
 from tfgen.models.gemma import Gemma, GemmaWeights
-from tfgen.models.gpt2 import GPT2
+from tfgen.models.gpt2 import GPT2, GPT2Weights
 from tfgen.models.llama import Llama, LlamaWeights
 
 ADAPTERS: Dict[str, Type[CausalLM]] = {
     "gpt2": GPT2,
     "llama": Llama,
+    "qwen2": Llama,  # Llama's relatives: the config says which parts (biases, q/k norms, windows)
+    "qwen3": Llama,
+    "mistral": Llama,
     "gemma": Gemma,
     "gemma2": Gemma,
     "gemma3": Gemma,
 }
 
 # config.model_type -> the weight holder built from (config, float32 arrays under Hugging Face's
-# names), for models read from files (GGUF) rather than handed over as model objects.
+# names), for models read from files (GGUF, Hugging Face safetensors) rather than handed over as
+# model objects.
 WEIGHTS: Dict[str, Callable] = {
+    "gpt2": GPT2Weights,
     "llama": LlamaWeights,
+    "qwen2": LlamaWeights,
+    "qwen3": LlamaWeights,
+    "mistral": LlamaWeights,
     "gemma": GemmaWeights,
     "gemma2": GemmaWeights,
     "gemma3": GemmaWeights,
