@@ -56,6 +56,7 @@ _VALID = {
     "top_p": lambda rng, limit: rng.choice([1.0, 0.9, 0.5]),
     "repetition_penalty": lambda rng, limit: rng.choice([1.0, 1.2, 0.9]),
     "seed": lambda rng, limit: rng.randint(0, 2**62),
+    "logprobs": lambda rng, limit: rng.choice([0, 1, 5, 20]),
 }
 _INVALID = {  # out of range; the server's message must name the parameter
     "max_new_tokens": lambda limit: [0, -3, limit + 1],
@@ -63,9 +64,10 @@ _INVALID = {  # out of range; the server's message must name the parameter
     "top_k": lambda limit: [-1],
     "top_p": lambda limit: [0.0, 1.5],
     "repetition_penalty": lambda limit: [0.0, -2.0],
+    "logprobs": lambda limit: [-1, 21],
 }
 _DTYPES = {"max_new_tokens": np.int32, "do_sample": np.bool_, "temperature": np.float32, "top_k": np.int32,
-           "top_p": np.float32, "repetition_penalty": np.float32, "seed": np.int64}
+           "top_p": np.float32, "repetition_penalty": np.float32, "seed": np.int64, "logprobs": np.int32}
 
 
 class Request(NamedTuple):
@@ -403,7 +405,8 @@ def main():
             import tfgen
 
             path = tfgen.export_saved_model(
-                tfgen.load(args.model), os.path.join(root, "soak"), strategies="greedy,sample,beam,stop",
+                tfgen.load(args.model), os.path.join(root, "soak"),
+                strategies="greedy,sample,beam,stop,logprobs",
                 max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                 batch_buckets=[int(b) for b in args.batch_buckets.split(",")], num_beams=2)
         report = soak(path, args.requests, args.clients, args.seed)

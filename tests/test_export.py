@@ -17,7 +17,8 @@ from tfgen.export import ExportError, serving_files
 MAX_PROMPT = 16
 MAX_NEW = 8
 EXPORT_ARGS = dict(max_prompt_tokens=MAX_PROMPT, max_new_tokens=MAX_NEW, num_beams=2, num_return_sequences=2,
-                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,), strategies="greedy,sample,beam,stop,logprobs")
+                   batch_buckets=(1, 4), prompt_buckets=(MAX_PROMPT,),
+                   strategies="greedy,sample,beam,stop,logprobs")
 EXPORT_LOG = []  # what the module's export printed on stderr
 
 

@@ -82,8 +82,8 @@ def test_greedy_logprobs_follow_the_processed_distribution(tiny, batch):
         real = mask[row] > 0
         for step in range(int(result.num_generated[row])):
             seen = np.concatenate([ids[row][real], result.sequences[row, prompt:prompt + step]])
-            processed = penalty(tf.constant(seen[None, :]), tf.constant(logits[row:row + 1, prompt - 1 + step]),
-                                len(seen)).numpy()[0]
+            step_logits = tf.constant(logits[row:row + 1, prompt - 1 + step])
+            processed = penalty(tf.constant(seen[None, :]), step_logits, len(seen)).numpy()[0]
             expected = _log_softmax(processed)
             token = result.sequences[row, prompt + step]
             assert token == np.argmax(expected)
@@ -153,8 +153,28 @@ def test_cli_logprobs_json(tiny, capsys, monkeypatch):
     assert row["completion"] == expected.completion and len(row["logprobs"]) == expected.num_tokens
     for got, entry in zip(row["logprobs"], expected.logprobs):
         assert (got["id"], got["text"]) == (entry.id, entry.text)
-        assert got["logprob"] == pytest.approx(entry.logprob) and got["raw_logprob"] == pytest.approx(entry.raw_logprob)
+        assert got["logprob"] == pytest.approx(entry.logprob)
+        assert got["raw_logprob"] == pytest.approx(entry.raw_logprob)
         assert [a["id"] for a in got["top"]] == [a.id for a in entry.top]
         assert [a["id"] for a in got["raw_top"]] == [a.id for a in entry.raw_top]
     assert cli.main(["generate", "Hi", "--model", "random:tiny", "--stream", "--logprobs", "1"]) == 2
     assert "--stream and --logprobs" in capsys.readouterr().err
+
+
+def test_beam_rows_carry_eos_lists_and_logprobs(tiny):
+    """An Apache Beam row with an EOS list and logprobs gets what `complete` gives for it."""
+    import json
+
+    from tfgen.beam import TFGenModelHandler, parse_row
+
+    common = {"max_new_tokens": 6, "eos_token_id": [50256, 13], "logprobs": 2}
+    rows = [dict(common, prompt="The theory of relativity is"), dict(common, prompt="Hello")]
+    out = list(TFGenModelHandler("random:tiny", max_batch_size=2).run_inference(
+        [parse_row(json.dumps(row)) for row in rows], tiny))
+    expected = tiny.complete([row["prompt"] for row in rows], max_new_tokens=6, eos_token_id=[50256, 13],
+                             logprobs=2)
+    for got, completion in zip(out, expected):
+        assert got["completion"] == completion.completion and got["num_tokens"] == completion.num_tokens
+        assert [t["id"] for t in got["logprobs"]] == [t.id for t in completion.logprobs]
+        assert [[a["id"] for a in t["top"]] for t in got["logprobs"]] == [[a.id for a in t.top]
+                                                                          for t in completion.logprobs]

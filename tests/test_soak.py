@@ -19,7 +19,7 @@ REQUESTS = 150
 # xla=False: the soak is about the serving path (tokenizer, padding, checks, both front ends), and
 # the graph-mode loop skips XLA's per-bucket compiles, which dominate a CPU test's time.
 EXPORT_ARGS = dict(max_prompt_tokens=16, max_new_tokens=8, num_beams=2, num_return_sequences=2,
-                   batch_buckets=(1, 4), prompt_buckets=(16,), strategies="greedy,sample,beam,stop",
+                   batch_buckets=(1, 4), prompt_buckets=(16,), strategies="greedy,sample,beam,stop,logprobs",
                    xla=False, validate=False, progress=False)
 
 

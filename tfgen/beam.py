@@ -59,7 +59,8 @@ PARAMETERS = tuple(f.name for f in dataclasses.fields(GenerationConfig))
 _CALL_FIELDS = tuple(name for name in PARAMETERS if name not in PER_ROW_FIELDS and name != "stop")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
 # Settings whose one value is itself a list or a mapping (JSON keys of logit_bias are strings).
-_STRUCTURED = ("stop", "logit_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
+_STRUCTURED = ("stop", "logit_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+               "eos_token_id")
 
 
 class TransientError(RuntimeError):
@@ -139,13 +140,16 @@ def dead_letter(line: str, error: str) -> Dict[str, str]:
 
 
 def _result(element: Dict[str, Any], completions: Sequence[Completion]) -> dict:
-    """The output row: the input's fields plus text, completion, num_tokens (lists when the row
-    asked for num_return_sequences > 1)."""
+    """The output row: the input's fields plus text, completion, num_tokens, and logprobs when the
+    row asked for them (one {"id", "text", "logprob", "top": [...]} per token); lists when the
+    row asked for num_return_sequences > 1."""
     out = dict(element["fields"])
     single = len(completions) == 1
-    for name, values in (("text", [c.text for c in completions]),
-                         ("completion", [c.completion for c in completions]),
-                         ("num_tokens", [c.num_tokens for c in completions])):
+    fields = [("text", [c.text for c in completions]), ("completion", [c.completion for c in completions]),
+              ("num_tokens", [c.num_tokens for c in completions])]
+    if completions[0].logprobs is not None:
+        fields.append(("logprobs", [[dataclasses.asdict(t) for t in c.logprobs] for c in completions]))
+    for name, values in fields:
         out[name] = values[0] if single else values
     return out
 

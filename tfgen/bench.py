@@ -8,6 +8,7 @@ batch-1 decoding step has to read every weight once, so it cannot be faster than
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -39,19 +40,23 @@ def _large_matrix(megabytes: int):
     return tf.Variable(tf.random.normal([rows, 4096])), rows
 
 
-def matvec_bandwidth(megabytes: int = 256, steps: int = 32, repeats: int = 3) -> float:
+def matvec_bandwidth(megabytes: int = 256, steps: int = 32, repeats: int = 3, parts: int = 1) -> float:
     """Bytes per second a compiled fp32 matrix-vector product streams from memory, sustained.
 
     `steps` products of a `megabytes` matrix run back to back in one XLA loop, as a decoding
     loop runs its steps, and the best of `repeats` runs counts: the same statistic the decoding
-    figures use (best of a few runs of many steps).
+    figures use (best of a few runs of many steps). `parts` > 1: the matrix is that many row
+    blocks, each its own variable, so one product is `parts` independent ones that XLA runs at
+    the same time (the split layout, `tfgen.models.base.SplitWeight`): the split floor.
     """
     matrix, rows = _large_matrix(megabytes)
+    blocks = [tf.Variable(block) for block in tf.split(matrix, parts)] if parts > 1 else [matrix]
 
     @tf.function(jit_compile=True)
     def products(vector):
         def body(i, vector, out):
-            out = tf.matmul(matrix, vector)  # carried out of the loop, so computed whole
+            # carried out of the loop, so computed whole
+            out = tf.concat([tf.matmul(block, vector) for block in blocks], axis=0)
             return i + 1, vector + tf.gather(out, [i % rows]) * 1e-6, out
 
         return tf.while_loop(lambda i, *_: i < steps, body, (0, vector, tf.zeros([rows, 1])))[1:]
@@ -64,6 +69,14 @@ def peak_matvec_bandwidth(megabytes: int = 256, repeats: int = 20) -> float:
     matrix, rows = _large_matrix(megabytes)
     matvec = tf.function(lambda v: tf.matmul(matrix, v), jit_compile=True)
     return rows * 4096 * 4 / _fastest(matvec, tf.random.normal([4096, 1]), repeats)
+
+
+def _layout_of(generator) -> str:
+    """How the adapter's weights are stored: "1 block" or "N blocks" (`TFGEN_SPLIT_PRODUCTS`)."""
+    # SplitWeight names its blocks <name>_<i>of<N>, with a "p" when one-row products are padded.
+    found = {re.search(r"_\d+of(\d+)(p?)(:\d+)?$", v.name) for v in generator.lm.variables()}
+    layouts = sorted({(int(m.group(1)), bool(m.group(2))) for m in found if m})
+    return ", ".join(f"{n} blocks{' (rows padded)' if pad else ''}" for n, pad in layouts) or "1 block"
 
 
 def _fastest(fn, arg, repeats: int) -> float:
@@ -110,15 +123,20 @@ def run(generator, new_tokens: int = 64, repeats: int = 3, prompt_lengths: int =
     ids = np.asarray([generator.tokenize(PROMPT)], np.int32)
     results = {"cases": [], "new_tokens": new_tokens}
     bandwidth, peak = matvec_bandwidth(), peak_matvec_bandwidth()
+    split_bandwidth = matvec_bandwidth(parts=2)
     weight_bytes = generator.num_parameters * 4
     roofline_ms = weight_bytes / bandwidth * 1000
     results.update(bandwidth_gbs=bandwidth / 1e9, peak_bandwidth_gbs=peak / 1e9,
-                   weight_mb=weight_bytes / 1e6, roofline_ms=roofline_ms)
-    log(f"model {generator.name}: {generator.num_parameters:,} parameters, {weight_bytes / 1e6:.0f} MB fp32")
+                   split_bandwidth_gbs=split_bandwidth / 1e9, weight_mb=weight_bytes / 1e6,
+                   roofline_ms=roofline_ms, split_roofline_ms=weight_bytes / split_bandwidth * 1000,
+                   product_layout=_layout_of(generator))
+    log(f"model {generator.name}: {generator.num_parameters:,} parameters, {weight_bytes / 1e6:.0f} MB fp32, "
+        f"products stored as {results['product_layout']}")
     log(f"matrix-vector bandwidth {bandwidth / 1e9:.1f} GB/s sustained over 32 products "
-        f"(one product alone, fastest of 20: {peak / 1e9:.1f} GB/s)")
+        f"(one product alone, fastest of 20: {peak / 1e9:.1f} GB/s); split into 2 independent "
+        f"products: {split_bandwidth / 1e9:.1f} GB/s")
     log(f"roofline {roofline_ms:.1f} ms/token at batch 1 (at the one-product figure: "
-        f"{weight_bytes / peak * 1000:.1f} ms)")
+        f"{weight_bytes / peak * 1000:.1f} ms; the split floor: {results['split_roofline_ms']:.1f} ms)")
     if with_hf and not hasattr(model, "generate"):
         log(f"{generator.name} is not a transformers model: no Hugging Face side (see benchmarks/llama.py)")
         with_hf = False

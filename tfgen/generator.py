@@ -34,6 +34,8 @@ class GenerationResult:
         raw_logprobs, raw_top_ids, raw_top_logprobs: with `raw_logprobs=True` as well: the
             chosen token's log-probability [N, T] and the top K [N, T, K] under the model's raw
             distribution (before any processor or warper).
+        speculation: with `speculative=...`, a `SpeculationStats` (passes, proposed and accepted
+            tokens per row, tokens per pass); None otherwise.
     """
 
     sequences: np.ndarray
@@ -384,7 +386,8 @@ class TextGenerator:
         for row, count in enumerate(result["num_generated"]):
             text = cut_at_stop(self.detokenize(result["new_tokens"][row, :count].tolist()), stops)
             entries = None if config.logprobs is None else self._token_logprobs_of(result, row, int(count))
-            completions.append(Completion(prompts[row // config.num_return_sequences], text, int(count), entries))
+            prompt = prompts[row // config.num_return_sequences]
+            completions.append(Completion(prompt, text, int(count), entries))
         if not ranked:
             return completions
         copies = config.num_return_sequences

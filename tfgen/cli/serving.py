@@ -39,7 +39,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="signatures to export besides serving_default/generate_ids: "
                              "sample -> generate, beam -> beam, stop -> generate_stop (per-row stop "
                              "strings), logprobs -> generate_logprobs (per-token log-probabilities and "
-                             "top alternatives) (default: greedy,sample,beam)")
+                             "top alternatives), speculative -> greedy_speculative (prompt lookup) "
+                             "(default: greedy,sample,beam)")
     parser.add_argument("--max-prompt-tokens", type=int, default=128,
                         help="longer prompts keep their last N tokens (default 128)")
     parser.add_argument("--max-new-tokens", type=int, default=64,

@@ -53,7 +53,8 @@ class SamplingParams(NamedTuple):
 
     The fields up to ignore_eos are per row [B] (`tfgen.config.ROW_FIELDS`); then scalars:
     first_slot is the slot of the longest prompt's first token (slots before it are bucket
-    padding); eos_mask bool [V] marks every token that ends a row (`eos_mask`). `rules` holds the per-call token controls; `stops` None: no stop strings end rows
+    padding); eos_mask bool [V] marks every token that ends a row (`eos_mask`). `rules` holds the
+    per-call token controls; `stops` None: no stop strings end rows
     inside the loop.
     """
 
@@ -226,7 +227,8 @@ def sampling_params(rows: dict, padded_batch, *, first_slot, eos_token_ids, pad_
 
 
 def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slot, eos_token_ids,
-                pad_token_id: int, vocab_size: int, length_penalty=1.0, early_stopping=False, min_new_tokens=0,
+                pad_token_id: int, vocab_size: int, length_penalty=1.0, early_stopping=False,
+                min_new_tokens=0,
                 no_repeat_ngram_size=0, rules: TokenRules = TokenRules()) -> BeamParams:
     """Build the loop's `BeamParams` (eagerly or in a graph).
 

@@ -23,11 +23,11 @@ accepted tokens hold rejected proposals until the next pass overwrites them; the
 them meanwhile, so the key mask simply marks every generated slot. No cache is copied.
 
 Static shapes: the pass width is one of a few (`draft_widths`), chosen per iteration by
-`tf.switch_case` from the largest proposal any running row makes, so an iteration without
-proposals is a plain one-token step. k adapts per row: it doubles after a fully accepted
-proposal, falls to the accepted count after a partial one and halves after a rejected one, down
-to 0 (no proposals); a row at 0 tries one token again after `RETRY` iterations. Ungrounded text,
-where proposals fail, thus runs at plain decoding's cost.
+`tf.switch_case` from the largest proposal any running row makes; an iteration without proposals
+is a plain one-token pass, chosen for B rows (not B * (k + 1)). k adapts per row: it doubles
+after a fully accepted proposal and falls to the accepted count otherwise, to 0 (no proposals)
+after a rejected one; a row at 0 tries one token again after `RETRY` iterations. Ungrounded
+text, where proposals fail, thus runs at nearly plain decoding's cost.
 """
 from __future__ import annotations
 
@@ -58,10 +58,12 @@ def draft_widths(num_tokens: int) -> tuple:
 
 class PromptLookup(NamedTuple):
     """Propose the tokens that followed the latest earlier occurrence of the row's last n tokens
-    in its own prompt and output (prompt lookup decoding), for the largest n <= max_ngram that
-    occurs. No model: a few comparisons over the token buffer."""
+    in its own prompt and output (prompt lookup decoding), for the largest n in min_ngram..max_ngram
+    that occurs. No model: a few comparisons over the token buffer. One-token matches are left
+    out by default: in open-ended text they are frequent and nearly always wrong."""
 
     max_ngram: int = 3
+    min_ngram: int = 2
     name = "prompt_lookup"
 
     def init(self, lm, input_ids, attention_mask, max_length):
@@ -75,7 +77,7 @@ class PromptLookup(NamedTuple):
         first = state["prompt_length"] - state["real_length"]  # [B], its first real slot
         slots = tf.range(length)[None, :]
         best_start = tf.fill(tf.shape(end), -1)  # where the continuation begins, -1: none yet
-        for n in range(1, self.max_ngram + 1):  # a longer match found overrides a shorter one
+        for n in range(self.min_ngram, self.max_ngram + 1):  # a longer match overrides a shorter one
             match = (slots >= first[:, None]) & (slots + n <= end[:, None]) & (end - n + 1 >= first)[:, None]
             for i in range(n):
                 window = tf.gather(tokens, tf.minimum(slots[0] + i, length - 1), axis=1)  # [B, L]
@@ -115,8 +117,9 @@ class DraftModel(NamedTuple):
         slot = state["prompt_length"] + state["count"] - 1  # [B], the slot of the last token
         offset = state["prompt_length"] - state["real_length"]  # slot - position, per row
         pair = tf.stack([tf.gather(state["tokens"], slot - 1, batch_dims=1), state["last"]], axis=1)
-        logits, cache = self.lm.forward(pair, tf.stack([slot - 1, slot], 1) - offset[:, None], slot - 1,
-                                        state["key_mask"], state["draft_cache"])
+        positions = tf.stack([slot - 1, slot], 1) - offset[:, None]
+        logits, cache = self.lm.forward(pair, positions, _start(slot - 1), state["key_mask"],
+                                        state["draft_cache"])
         drafts = []
         for index in range(width):
             token = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -124,10 +127,16 @@ class DraftModel(NamedTuple):
             if index + 1 < width:
                 slots = slot + index + 1
                 positions = tf.minimum(slots - offset, self.lm.max_positions - 1)  # as in `_verify`
-                logits, cache = self.lm.forward(token[:, None], positions[:, None], slots, state["key_mask"],
-                                                cache)
+                logits, cache = self.lm.forward(token[:, None], positions[:, None], _start(slots),
+                                                state["key_mask"], cache)
         proposals = tf.stack(drafts, axis=1) if drafts else tf.zeros([tf.shape(slot)[0], 0], tf.int32)
         return proposals, dict(state, draft_cache=cache)
+
+
+def _start(slots):
+    """The cache write's start: one slot per row [B], or at batch 1 (a static shape) the scalar,
+    so that the write is plain decoding's in-place dynamic update slice, not a scatter."""
+    return slots[0] if slots.shape[0] == 1 else slots
 
 
 def loop(lm, input_ids, attention_mask, params, num_steps, proposer, num_tokens, top_logprobs=0,
@@ -212,12 +221,21 @@ def _iterate(lm, state, params, proposer, num_tokens):
     budget = params.max_new_tokens - state["count"] - 1  # proposals past a row's limit are wasted
     available, offered = proposer.offer(state, num_tokens)
     wanted = tf.where(running, tf.maximum(tf.minimum(tf.minimum(state["k"], available), budget), 0), 0)
-    widths = draft_widths(num_tokens)
-    branch = tf.searchsorted(tf.constant(widths, tf.int32), tf.reshape(tf.reduce_max(wanted), [1]))[0]
-    branches = [lambda width=width: _score(lm, state, proposer, offered, width, num_tokens)
-                for width in widths]
-    logits, proposals, state = tf.switch_case(branch, branches)
-    state, accepted = _verify(lm, state, params, logits, proposals, wanted)
+    widths = draft_widths(num_tokens)[1:]
+    most = tf.reduce_max(wanted)
+
+    def plain():  # nobody proposes: a one-token pass, chosen for B rows only
+        logits, proposals, scored = _score(lm, state, proposer, offered, 0, 0)
+        return _verify(lm, scored, params, logits, proposals, wanted)
+
+    def speculate():
+        branch = tf.searchsorted(tf.constant(widths, tf.int32), tf.reshape(most, [1]))[0]
+        branches = [lambda width=width: _score(lm, state, proposer, offered, width, num_tokens)
+                    for width in widths]
+        logits, proposals, scored = tf.switch_case(branch, branches)
+        return _verify(lm, scored, params, logits, proposals, wanted)
+
+    state, accepted = tf.cond(most > 0, speculate, plain)
     return _adapt(state, running, wanted, accepted, num_tokens)
 
 
@@ -232,7 +250,8 @@ def _score(lm, state, proposer, offered, width, num_tokens):
     # Positions past the model's context only occur past a row's max_new_tokens, never accepted.
     positions = tf.minimum((state["real_length"] + count - 1)[:, None] + tf.range(width + 1)[None, :],
                            lm.max_positions - 1)
-    logits, cache = lm.forward(ids, positions, slot, state["key_mask"], state["cache"], all_logits=True)
+    logits, cache = lm.forward(ids, positions, _start(slot), state["key_mask"], state["cache"],
+                               all_logits=True)
     pad = num_tokens - width
     return (tf.pad(logits, [[0, 0], [0, pad], [0, 0]]), tf.pad(proposals, [[0, 0], [0, pad]]),
             dict(state, cache=cache, passes=state["passes"] + tf.cast(~state["finished"], tf.int32)))
@@ -248,9 +267,11 @@ def _verify(lm, state, params, logits, proposals, wanted):
     # The proposals in the buffer after the row's text: position j's history (`choose` ignores
     # slots from its cur_len on).
     tokens = state["tokens"]
-    after = tf.range(tf.shape(tokens)[1])[None, :] - (prompt_length + count)[:, None]  # [B, L]
-    placed = tf.gather(proposals, tf.clip_by_value(after, 0, width - 1), batch_dims=1)
-    history = tf.where((after >= 0) & (after < width), placed, tokens)
+    history = tokens
+    if width:
+        after = tf.range(tf.shape(tokens)[1])[None, :] - (prompt_length + count)[:, None]  # [B, L]
+        placed = tf.gather(proposals, tf.clip_by_value(after, 0, width - 1), batch_dims=1)
+        history = tf.where((after >= 0) & (after < width), placed, tokens)
     # Row b's position j is row b * (width + 1) + j of a batch, at plain decoding's step count + j.
     repeat = width + 1
     per_row = {field.name: tf.repeat(getattr(params, field.name), repeat, axis=0) for field in ROW_FIELDS}
@@ -300,7 +321,7 @@ def _adapt(state, running, wanted, accepted, num_tokens):
     tried = running & (wanted > 0)
     full = tried & (accepted >= wanted)
     k = tf.where(full, tf.minimum(2 * tf.maximum(k, 1), num_tokens), k)
-    k = tf.where(tried & ~full, tf.where(accepted > 0, accepted, k // 2), k)
+    k = tf.where(tried & ~full, accepted, k)  # 0 after a rejected proposal: wait, then retry one
     idle = tf.where(running & (k == 0), idle + 1, 0)
     k = tf.where(idle >= RETRY, 1, k)
     idle = tf.where(idle >= RETRY, 0, idle)

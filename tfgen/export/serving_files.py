@@ -52,6 +52,8 @@ def warmup_requests(module) -> List[Dict]:
                 requests.append(dict(signature="generate_stop", inputs=dict(per_row, stop=stop)))
             if "beam" in signatures:
                 requests.append(dict(signature="beam", inputs={"prompt": prompts}))
+            if "greedy_speculative" in signatures:
+                requests.append(dict(signature="greedy_speculative", inputs={"prompt": prompts}))
     return requests
 
 
@@ -254,10 +256,13 @@ def write_operator_files(model_dir: str, name: str, batch_buckets: Sequence[int]
         "serve.sh": _serve_script(name, absolute, None if xla_cache is None else os.path.abspath(xla_cache)),
     }
     written = []
-    for filename, text in files.items():
+    for filename, text in files.items():  # each whole or not at all: written aside, then renamed
         target = os.path.join(model_dir, filename)
-        with open(target, "w", encoding="utf-8") as handle:
+        staging = f"{target}.tmp-{os.getpid()}"
+        with open(staging, "w", encoding="utf-8") as handle:
             handle.write(text)
+        if filename == "serve.sh":
+            os.chmod(staging, 0o755)
+        os.replace(staging, target)
         written.append(target)
-    os.chmod(os.path.join(model_dir, "serve.sh"), 0o755)
     return written

@@ -344,15 +344,16 @@ class ProductLayout:
 
     @classmethod
     def from_environment(cls) -> "ProductLayout":
-        """$TFGEN_SPLIT_PRODUCTS: "N" (N parts) or "N,pad"; unset: 2 parts on a machine with two or
-        more cores, else 1. Read when the weights are built (load time), never while tracing.
+        """$TFGEN_SPLIT_PRODUCTS: "N" (N parts) or "N,pad"; unset: 1 (one matrix: the split is
+        opt-in until it is measured faster, see README "Both cores"). Read when the weights are
+        built (load time), never while tracing.
 
         Raises:
             ValueError: the variable is not a whole number >= 1, optionally followed by ",pad".
         """
         value = os.environ.get(SPLIT_PRODUCTS_ENV, "").strip().lower()
         if not value:
-            return cls(parts=2 if (os.cpu_count() or 1) >= 2 else 1)
+            return cls()
         count, _, option = value.partition(",")
         if not count.strip().isdigit() or int(count) < 1 or option.strip() not in ("", "pad"):
             raise ValueError(f"{SPLIT_PRODUCTS_ENV} must be a number of parts >= 1, optionally followed by "
