@@ -38,7 +38,7 @@ def test_traffic_is_mixed_as_specified(export_path):
     plan = [soak.make_request(rng, export, invalid=rng.random() < soak.INVALID_SHARE)
             for _ in range(REQUESTS)]
     assert {r.signature for r in plan} == set(export["inputs"]) == {
-        "serving_default", "generate_ids", "generate", "generate_stop", "beam"}
+        "serving_default", "generate_ids", "generate", "generate_stop", "beam", "generate_logprobs"}
     assert {r.transport for r in plan} == {"grpc", "rest-rows", "rest-columns"}
     batches = {len(next(iter(r.inputs.values()))) for r in plan}
     assert max(batches) == 4 and 1 in batches
