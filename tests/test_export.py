@@ -132,6 +132,17 @@ def test_long_prompts_are_left_truncated(served, tiny):
     assert _texts(out["text"]) == [prompt + tiny.decode([t for t in new if t != 50256])]
 
 
+def _row_params(inputs, row):
+    """The Python API's keyword arguments for row `row` of a `generate`-style request."""
+    params = dict(max_new_tokens=int(inputs["max_new_tokens"][row]))
+    if inputs["do_sample"][row]:
+        params.update(do_sample=True, temperature=float(inputs["temperature"][row]),
+                      top_k=int(inputs["top_k"][row]), top_p=float(inputs["top_p"][row]),
+                      repetition_penalty=float(inputs["repetition_penalty"][row]),
+                      seed=int(inputs["seed"][row]))
+    return params
+
+
 def test_generate_signature_mixed_rows(served, tiny):
     prompts = ["The theory of relativity is", "Once upon a time", "The theory of relativity is", "Hi"]
     inputs = dict(
@@ -146,12 +157,7 @@ def test_generate_signature_mixed_rows(served, tiny):
     )
     out = served.run("generate", inputs)
     for row, prompt in enumerate(prompts):
-        params = dict(max_new_tokens=int(inputs["max_new_tokens"][row]))
-        if inputs["do_sample"][row]:
-            params.update(do_sample=True, temperature=float(inputs["temperature"][row]),
-                          top_k=int(inputs["top_k"][row]), top_p=float(inputs["top_p"][row]),
-                          repetition_penalty=float(inputs["repetition_penalty"][row]),
-                          seed=int(inputs["seed"][row]))
+        params = _row_params(inputs, row)
         alone = tiny.generate(prompt, **params)
         assert _texts(out["text"])[row] == alone, (row, params)
         assert out["num_tokens"][row] <= inputs["max_new_tokens"][row]
@@ -204,12 +210,7 @@ def test_generate_logprobs_signature_equals_the_python_api(served, tiny):
     width = max(logprobs)
     assert out["top_ids"].shape[2] == width and out["token_ids"].shape[1] == out["num_tokens"].max()
     for row, prompt in enumerate(prompts):
-        params = dict(max_new_tokens=int(inputs["max_new_tokens"][row]))
-        if inputs["do_sample"][row]:
-            params.update(do_sample=True, temperature=float(inputs["temperature"][row]),
-                          top_k=int(inputs["top_k"][row]), top_p=float(inputs["top_p"][row]),
-                          repetition_penalty=float(inputs["repetition_penalty"][row]),
-                          seed=int(inputs["seed"][row]))
+        params = _row_params(inputs, row)
         api = tiny.generate_ids([tiny.tokenize(prompt)], logprobs=width, **params)
         count = int(api.num_generated[0])
         assert out["num_tokens"][row] == count
