@@ -42,10 +42,12 @@ generator.generate(sys.argv[2], max_new_tokens=20)
 second = time.perf_counter()
 seconds = generator.engine.programs.seconds
 print(json.dumps({"import": imported - start, "load": loaded - imported,
-                  "trace": seconds.get("trace", 0.0), "restore": seconds.get("restore", 0.0),
+                  "trace": seconds.get("trace", 0.0), "lower": seconds.get("lower", 0.0),
+                  "restore": seconds.get("restore", 0.0),
                   "compile+run": seconds.get("first call", 0.0), "run": second - first,
                   "load+first generate": first - imported, "total": first - start,
-                  "traces": generator.engine.trace_count, "restored": generator.engine.restore_count}))
+                  "traces": generator.engine.trace_count, "restored": generator.engine.restore_count,
+                  "compiled": generator.engine.compile_count}))
 """
 
 _LLAMA_CPP = """
@@ -186,11 +188,12 @@ def print_table(result: dict) -> None:
     wall = result["generate_wall"]
     print(f"tfgen generate wall:  cold {wall['cold']:6.2f} s   warm {wall['warm']:6.2f} s"
           "   (target: warm <= 3 s)")
-    keys = ["import", "load", "trace", "restore", "compile+run", "run", "load+first generate"]
+    keys = ["import", "load", "trace", "lower", "restore", "compile+run", "run", "load+first generate"]
     print("phase (s)            " + "".join(f"{key:>21}" for key in keys))
     for name, phases in result["phases"].items():
         print(f"{name:<21}" + "".join(f"{phases[key]:21.2f}" for key in keys)
-              + f"   traces {phases['traces']:.0f}, restored {phases['restored']:.0f}")
+              + f"   traces {phases['traces']:.0f}, restored {phases['restored']:.0f}, "
+              f"compiled {phases['compiled']:.0f}")
     print("(target: warm load + first generate <= 1.5 s)")
     if "llama_cpp" in result:
         figures = result["llama_cpp"]

@@ -22,7 +22,8 @@ import json, tfgen
 generator = tfgen.load("random:tiny")
 text = generator.generate("The theory of relativity is", max_new_tokens=4)
 print(json.dumps({"text": text, "traces": generator.engine.trace_count,
-                  "restored": generator.engine.restore_count}))
+                  "restored": generator.engine.restore_count, "compiled": generator.engine.compile_count,
+                  "lowered": sum(generator.engine.programs.lowered.values())}))
 """
 
 
@@ -71,17 +72,21 @@ def test_concurrent_cold_processes_both_succeed(filled, monkeypatch):
     assert cold[0]["text"] == cold[1]["text"]
     assert cold[0]["text"].startswith("The theory of relativity is")
     assert all(run["traces"] == 1 and run["restored"] == 0 for run in cold), cold
+    assert all(run["compiled"] == 1 and run["lowered"] == 1 for run in cold), cold
     entries = _entries(cache_dir)
     assert len(entries) == 1  # the same key: one entry, whichever rename came last
     assert _is_whole(entries[0], monkeypatch, cache_dir)
     names = os.listdir(entries[0])
     assert "program.pb" in names and any(name.startswith("xla-") for name in names), names
+    assert "program.stablehlo" in names, names
 
 
 def test_warm_process_traces_nothing_and_prints_the_same(filled):
     _, cold, warm = filled
     assert warm["traces"] == 0
     assert warm["restored"] == 1
+    # It runs the stored StableHLO module and finds its executable: XLA compiles nothing.
+    assert warm["compiled"] == 0 and warm["lowered"] == 1
     assert warm["text"] == cold[0]["text"]
 
 
@@ -181,3 +186,30 @@ def test_xla_flag_keeps_the_users_flags(tmp_path, monkeypatch):
     assert cache.xla_flag(mine) == mine
     monkeypatch.setenv("TFGEN_CACHE", "off")
     assert cache.xla_flag("") == ""
+
+
+def test_a_module_that_fails_runs_by_name(monkeypatch, tmp_path):
+    """A program's StableHLO module that XlaCallModule rejects on its first call falls back to the
+    traced functions called by name, with the same output."""
+    import numpy as np
+    import tfgen
+    from tfgen.decoding import programs
+
+    monkeypatch.setenv("TFGEN_CACHE", "off")
+    generator = tfgen.load("random:tiny")
+    ids = [[5, 6, 7, 8]]
+    expected = np.asarray(generator.generate_ids(ids, max_new_tokens=3).sequences)
+    broken = []
+    lower = programs._lower
+
+    def spoiled(program, flat):
+        module = lower(program, flat)
+        assert module is not None  # the tiny model lowers
+        broken.append(programs._Module(b"not a StableHLO artifact", module.version, module.types))
+        return broken[-1]
+
+    monkeypatch.setattr(programs, "_lower", spoiled)
+    fresh = tfgen.load("random:tiny")
+    got = np.asarray(fresh.generate_ids(ids, max_new_tokens=3).sequences)
+    assert broken and np.array_equal(got, expected)
+    assert sum(fresh.engine.programs.lowered.values()) == 0  # it ran by name

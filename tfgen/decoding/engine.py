@@ -44,7 +44,8 @@ class Engine:
         traces: how many times each (strategy, batch, prompt, steps[, beams, returns]) bucket was
             traced in Python; `trace_count` is their sum.
         restored: programs restored from tfgen's on-disk cache instead (a warm start traces
-            nothing); `restore_count` is their sum.
+            nothing); `restore_count` is their sum. `compile_count`: programs XLA compiled here
+            (a warm start compiles nothing either).
     """
 
     def __init__(self, lm, xla: bool = True, token_tables=None):
@@ -72,6 +73,11 @@ class Engine:
     @property
     def restore_count(self) -> int:
         return sum(self.programs.restored.values())
+
+    @property
+    def compile_count(self) -> int:
+        """Programs XLA compiled in this process (`Programs.compiled`): 0 on a warm start."""
+        return sum(self.programs.compiled.values())
 
     # -- the compiled programs -------------------------------------------------------------------
     def _sample_program(self, input_ids, attention_mask, loop_params, num_steps, top_logprobs, raw_logprobs):

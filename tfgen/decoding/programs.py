@@ -13,6 +13,15 @@ function: identical output, and the same HLO, so TensorFlow's persistent XLA cac
 per process, `tfgen.cache.xla_flag`) finds the executable the cold run compiled. Those executables
 are copied into the entry after the first call and linked back in before a restored program runs.
 
+TensorFlow turns a traced function into XLA's HLO (its tf2xla bridge) before it can look the
+executable up in its persistent cache, and for a decoding loop that takes longer than loading the
+executable (SmolLM2: 6.5 s of a 7.5 s first call). So after tracing, a program is lowered once to
+StableHLO (`_lower`: `get_compiler_ir`, stored as a portable artifact) and every process, cold or
+warm, runs that module through TensorFlow's `XlaCallModule` op, whose conversion to HLO is a
+fraction of the bridge's: a warm start parses the module, finds its executable and runs. A
+program XLA cannot express that way (or a GPU process) runs its functions by name instead, and a
+module whose first call fails falls back to them.
+
 `Programs.function` is the one place that decides trace or restore. A program that cannot be
 stored (a variable that is not a resource variable, or a capture left after binding) still runs,
 traced per process as before.
@@ -25,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from typing import Callable, Dict, List, Optional
@@ -38,7 +48,27 @@ from tfgen import cache
 
 SECTION = "programs"
 _LIBRARY = "program.pb"
+_MODULE = "program.stablehlo"  # the program lowered to StableHLO (a portable artifact), when it could be
+_WRAPPER = "module.pb"  # the function that reads the weights and runs that module (`_lowered`)
 _XLA_PREFIX = "xla-"  # entry file name of a copied XLA executable
+_RUNNER = "xla-call-module-1"  # how programs run (part of the key: entries of another runner are not reused)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Module:
+    """A program as StableHLO for `XlaCallModule`: the artifact, the op version, and each output's
+    dtype name and static shape."""
+
+    data: bytes
+    version: int
+    types: tuple
+
+    def call(self, inputs):
+        from tensorflow.compiler.tf2xla.python import xla
+
+        return xla.call_module(inputs, version=self.version, module=self.data,
+                               Tout=[tf.as_dtype(dtype) for dtype, _ in self.types],
+                               Sout=[shape for _, shape in self.types], platforms=["CPU"])
 
 
 class _Program:
@@ -48,17 +78,30 @@ class _Program:
         name, num_outputs, outputs: the function, its output count and structure (leaves None).
         library: its FunctionDefLibrary (what an entry stores).
         entry_has_xla: restored from an entry that already holds its XLA executables.
+        module: when the function is a wrapper that reads the weights and runs the traced program's
+            StableHLO (`_Module`) with `XlaCallModule`; None: the traced functions themselves.
+        traced: (name, library) of the traced functions, when this program runs the module.
+        types: each output's (dtype name, shape), for lowering; None when a shape is not static.
     """
 
-    def __init__(self, name: str, num_outputs: int, outputs, library, variables, entry_has_xla=False):
+    def __init__(self, name: str, num_outputs: int, outputs, library, variables, entry_has_xla=False,
+                 module: Optional[_Module] = None, traced=None, types=None):
         self.name, self.num_outputs, self.outputs = name, num_outputs, outputs
         self.library, self.variables, self.entry_has_xla = library, variables, entry_has_xla
+        self.module, self.traced, self.types = module, traced, types
 
     def __call__(self, flat: List[tf.Tensor]):
         inputs = [variable.handle for variable in self.variables] + list(flat)
         outputs = execute.execute(self.name, num_outputs=self.num_outputs, inputs=inputs, attrs=(),
                                   ctx=context.context())
         return tf.nest.pack_sequence_as(self.outputs, outputs)
+
+    def by_name(self) -> "_Program":
+        """The traced functions themselves (registered now), for a program that runs its module."""
+        name, library = self.traced
+        _register(library)
+        return _Program(name, self.num_outputs, self.outputs, library, self.variables, self.entry_has_xla,
+                        types=self.types)
 
 
 class Programs:
@@ -71,14 +114,20 @@ class Programs:
     Attributes:
         restored: how many programs were restored from the cache instead of traced, by
             (program, first input's shape..., static arguments...).
-        seconds: time spent in "trace", "restore" and "first call" (XLA compile or cache load,
-            plus one run), for `benchmarks/startup.py`.
+        compiled: how many programs XLA compiled in this process (a first call that wrote a new
+            executable to this process's XLA cache directory; without one, every first call of a
+            compiled program), by the same key. A warm start compiles nothing.
+        lowered: how many programs run as StableHLO modules (`XlaCallModule`), by the same key.
+        seconds: time spent in "trace", "lower", "restore" and "first call" (XLA compile or cache
+            load, plus one run), for `benchmarks/startup.py`.
     """
 
     def __init__(self, lm, xla: bool):
         self.variables = list(lm.variables())
         self.xla = xla
         self.restored: Dict[tuple, int] = collections.Counter()
+        self.compiled: Dict[tuple, int] = collections.Counter()
+        self.lowered: Dict[tuple, int] = collections.Counter()
         self.seconds: Dict[str, float] = collections.defaultdict(float)
         self._fingerprint = model_fingerprint(lm, self.variables)
         self._loaded: Dict[tuple, Callable] = {}
@@ -105,25 +154,48 @@ class Programs:
             if program is not None:
                 return program(flat)
             key = self._key(name, static, layout)
+            label = (name,) + tuple(specs[0].shape) + static
             start = time.perf_counter()
             restored = self._restore(key)
             if restored is not None:
-                self.restored[(name,) + tuple(specs[0].shape) + static] += 1
+                self.restored[label] += 1
                 program, stored = restored, restored.entry_has_xla
                 self.seconds["restore"] += time.perf_counter() - start
             else:
                 program, stored = self._trace(key, body, tensors, leaves, specs, static), False
                 self.seconds["trace"] += time.perf_counter() - start
-            before = _listing(cache.xla_directory())
+                if isinstance(program, _Program) and self.xla:
+                    start = time.perf_counter()
+                    program = _lowered(program, flat, self.variables, key)
+                    self.seconds["lower"] += time.perf_counter() - start
+            directory = cache.xla_directory()
+            before = _listing(directory)
             start = time.perf_counter()
-            with _native_stderr_quiet():  # TensorFlow logs a harmless parse note on an XLA cache hit
-                outputs = program(flat)
-                tf.nest.map_structure(lambda value: value.numpy(), outputs)  # done, not just dispatched
+            outputs, program = self._first_call(program, flat)
             self.seconds["first call"] += time.perf_counter() - start
-            if isinstance(program, _Program) and not stored:
-                self._store(key, program, before)
+            if self.xla and (directory is None or _listing(directory) - before):
+                self.compiled[label] += 1
+            if isinstance(program, _Program):
+                self.lowered[label] += program.module is not None
+                if not stored:
+                    self._store(key, program, before)
             self._loaded[signature] = program
             return outputs
+
+    @staticmethod
+    def _first_call(program, flat):
+        """Run a program once, to the end; a StableHLO module that fails runs by name instead."""
+        with _native_stderr_quiet():  # TensorFlow logs a harmless parse note on an XLA cache hit
+            try:
+                outputs = program(flat)
+                tf.nest.map_structure(lambda value: value.numpy(), outputs)  # done, not just dispatched
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
+                if not isinstance(program, _Program) or program.module is None:
+                    raise
+                program = program.by_name()
+                outputs = program(flat)
+                tf.nest.map_structure(lambda value: value.numpy(), outputs)
+        return outputs, program
 
     # -- trace ----------------------------------------------------------------------------------
     def _trace(self, key, body, tensors, leaves, specs, static):
@@ -147,24 +219,33 @@ class Programs:
         names = _rename(library, "_tfgen_" + cache.digest(key)[:12])
         outputs = tf.nest.map_structure(lambda _: None, concrete.structured_outputs)
         _register(library)
+        types = [(tensor.dtype.name, tensor.shape.as_list()) for tensor in concrete.outputs]
+        static_shapes = all(None not in shape for _, shape in types)
         return _Program(names[concrete.function_def.signature.name], len(concrete.outputs), outputs, library,
-                        self.variables)
+                        self.variables, types=tuple(types) if static_shapes else None)
 
     # -- store and restore ----------------------------------------------------------------------
     def _key(self, name, static, layout) -> dict:
         return dict(cache.environment(), kind="decoding-program", program=name, static=list(static),
-                    inputs=layout, model=self._fingerprint, xla=bool(self.xla))
+                    inputs=layout, model=self._fingerprint, xla=bool(self.xla), runner=_RUNNER)
 
     def _store(self, key, program: _Program, before) -> None:
         directory = cache.xla_directory()
-        files = {_LIBRARY: program.library.SerializeToString()}
+        traced_name, traced_library = program.traced or (program.name, program.library)
+        files = {_LIBRARY: traced_library.SerializeToString()}
+        if program.module is not None:
+            files[_MODULE] = program.module.data
+            files[_WRAPPER] = program.library.SerializeToString()
         try:
             for name in sorted(_listing(directory) - before):
                 with open(os.path.join(directory, name), "rb") as handle:
                     files[_XLA_PREFIX + name] = handle.read()
         except OSError:
             return  # the next run compiles again; it never fails this one
-        meta = dict(function=program.name, num_outputs=program.num_outputs, outputs=program.outputs)
+        meta = dict(function=traced_name, num_outputs=program.num_outputs, outputs=program.outputs)
+        if program.module is not None:
+            meta.update(wrapper=program.name, module_version=program.module.version,
+                        types=[list(t) for t in program.module.types])
         cache.write_entry(SECTION, key, files, meta)
 
     def _restore(self, key) -> Optional[_Program]:
@@ -179,12 +260,92 @@ class Programs:
                 raise ValueError("the entry's function is not in its library")
             xla_files = [name for name in entry.files if name.startswith(_XLA_PREFIX)]
             _link_xla_files(entry.path, xla_files)
-            _register(library)
-            return _Program(meta["function"], int(meta["num_outputs"]), meta["outputs"], library,
-                            self.variables, entry_has_xla=bool(xla_files) or cache.xla_directory() is None)
+            has_xla = bool(xla_files) or cache.xla_directory() is None
+            traced = _Program(meta["function"], int(meta["num_outputs"]), meta["outputs"], library,
+                              self.variables, entry_has_xla=has_xla)
+            if _MODULE not in entry.files:
+                _register(library)
+                return traced
+            with open(os.path.join(entry.path, _MODULE), "rb") as handle:
+                types = tuple((str(dtype), [int(n) for n in shape]) for dtype, shape in meta["types"])
+                module = _Module(handle.read(), int(meta["module_version"]), types)
+            with open(os.path.join(entry.path, _WRAPPER), "rb") as handle:
+                wrapper = function_pb2.FunctionDefLibrary.FromString(handle.read())
+            if len(types) != traced.num_outputs or meta["wrapper"] not in {f.signature.name for f in wrapper.function}:
+                raise ValueError("the entry's module does not match its program")
+            _register(wrapper)
+            return _Program(meta["wrapper"], traced.num_outputs, traced.outputs, wrapper, self.variables,
+                            entry_has_xla=has_xla, module=module, traced=(traced.name, library))
         except Exception:  # noqa: BLE001 - a checked entry that still does not load is rebuilt
             cache.remove_entry(entry)
             return None
+
+
+# -- lowering to StableHLO ------------------------------------------------------------------------
+_MHLO_COPY = re.compile(r"mhlo\.copy (%[\w#.]+) : (tensor<[^>]*>)")
+_MODULE_ATTRIBUTES = re.compile(r"^(module @[^\s{]+) attributes \{[^{}]*\}", re.MULTILINE)
+
+
+def _lowered(program: _Program, flat, variables, key) -> _Program:
+    """The traced program run as StableHLO: a wrapper function that reads the weights and calls
+    `XlaCallModule` on the module (`_lower`), renamed after the entry like the traced functions
+    (so its HLO, and XLA's cache key, are the same in every process) and registered; the program
+    itself when it cannot be lowered."""
+    module = _lower(program, flat)
+    if module is None:
+        return program
+    try:
+        specs = [tf.TensorSpec(value.shape, value.dtype) for value in flat]
+
+        def wrapper(weights, inputs):
+            return module.call([weight.value() for weight in weights] + list(inputs))
+
+        concrete = tf.function(wrapper, jit_compile=True).get_concrete_function(variables, specs)
+        if concrete.captured_inputs or len(concrete.outputs) != program.num_outputs:
+            return program
+        library = _library(concrete)
+        names = _rename(library, "_tfgen_" + cache.digest(key)[:12] + "_module")
+        _register(library)
+    except Exception:  # noqa: BLE001 - the traced functions still run
+        return program
+    return _Program(names[concrete.function_def.signature.name], program.num_outputs, program.outputs, library,
+                    variables, module=module, traced=(program.name, program.library), types=program.types)
+
+
+def _lower(program: _Program, flat) -> Optional[_Module]:
+    """The traced program as a StableHLO portable artifact, or None when it cannot be one.
+
+    `get_compiler_ir` gives the HLO TensorFlow would compile as StableHLO text, still carrying two
+    MHLO leftovers that no StableHLO consumer reads: the module's MHLO attributes (dropped) and
+    `mhlo.copy` (a copy of a loop-carried value; an identity reshape, which XLA removes). Anything
+    else that is not StableHLO fails the serialization, and the program then runs by name.
+    """
+    if program.types is None or _has_accelerator():
+        return None
+    from tensorflow.compiler.mlir.stablehlo import stablehlo
+    from tensorflow.compiler.tf2xla.python import xla
+
+    try:
+        with _native_stderr_quiet():
+            text = context.context().get_compiler_ir(
+                device_name=None, platform_name="CPU", function_name=program.name,
+                flat_args=[variable.handle for variable in program.variables] + list(flat),
+                captured_inputs=[], stage="stablehlo")
+            text = _MHLO_COPY.sub(r"stablehlo.reshape \1 : (\2) -> \2", text.decode("utf-8"))
+            text = _MODULE_ATTRIBUTES.sub(r"\1", text, count=1)
+            data = stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
+    except Exception:  # noqa: BLE001 - any failure here only means the program runs by name
+        return None
+    return _Module(bytes(data), xla.call_module_maximum_supported_version(), program.types)
+
+
+_ACCELERATOR = []
+
+
+def _has_accelerator() -> bool:
+    if not _ACCELERATOR:
+        _ACCELERATOR.append(bool(tf.config.list_logical_devices("GPU")))
+    return _ACCELERATOR[0]
 
 
 # -- helpers --------------------------------------------------------------------------------------
