@@ -32,8 +32,6 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "F64", "Q4_0", "Q4_1", "Q5_0", "Q5_1", 
 # "digits": each digit alone, then GPT-2's regex (StarCoder-style tokenizers such as SmolLM's).
 _DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
 _GPT2 = ("default", "gpt2", "gpt-2", "olmo", "jais")
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _LLAMA3 = ("llama-bpe", "llama3", "smaug-bpe")
 
 
@@ -585,8 +583,10 @@ def _byte_level_bpe(reader, path, tokens, types) -> str:
     elif pre in _GPT2:
         pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     elif pre in _LLAMA3:
+        from tfgen.tokenizer import LLAMA3_SPLIT_REGEX  # llama.cpp's LLAMA3 pre-tokenizer regex
+
         pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         raise ValueError(f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; "
