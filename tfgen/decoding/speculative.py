@@ -26,8 +26,9 @@ Static shapes: the pass width is one of a few (`draft_widths`), chosen per itera
 `tf.switch_case` from the largest proposal any running row makes; an iteration without proposals
 is a plain one-token pass, chosen for B rows (not B * (k + 1)). k adapts per row: it doubles
 after a fully accepted proposal and falls to the accepted count otherwise, to 0 (no proposals)
-after a rejected one; a row at 0 tries one token again after `RETRY` iterations. Ungrounded
-text, where proposals fail, thus runs at nearly plain decoding's cost.
+after a rejected one; a row at 0 tries one token again after `RETRY` iterations, and each retry
+that fails doubles that wait (up to `MAX_RETRY`; an accepted token resets it). Ungrounded text,
+where proposals keep failing, thus runs at nearly plain decoding's cost.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from tfgen.decoding import sampling, steps, stops
 MAX_TOKENS = 16  # the largest k accepted (`check_num_tokens`)
 DEFAULT_TOKENS = 4  # k when none is given
 RETRY = 8  # iterations a row whose k fell to 0 waits before proposing one token again
+MAX_RETRY = 128  # the longest such wait, after retries that keep failing
 
 
 def check_num_tokens(num_tokens) -> int:
@@ -200,6 +202,7 @@ def _init_state(lm, input_ids, attention_mask, params, num_steps, proposer, num_
         accepted=tf.zeros([batch], tf.int32),
         k=tf.fill([batch], num_tokens),
         idle=tf.zeros([batch], tf.int32),
+        wait=tf.fill([batch], RETRY),
     )
     for name in ("log_probs",) + sampling._TOP + sampling._RAW:  # the per-step columns, num_steps wide
         if name in first:
@@ -317,15 +320,18 @@ def _commit(state, chosen, columns, accepted, params):
 
 def _adapt(state, running, wanted, accepted, num_tokens):
     """The per-row k after a pass, and the proposal counters (`loop`'s module notes)."""
-    k, idle = state["k"], state["idle"]
+    k, idle, wait = state["k"], state["idle"], state["wait"]
     tried = running & (wanted > 0)
     full = tried & (accepted >= wanted)
     k = tf.where(full, tf.minimum(2 * tf.maximum(k, 1), num_tokens), k)
     k = tf.where(tried & ~full, accepted, k)  # 0 after a rejected proposal: wait, then retry one
+    # A retry (one token after a wait) that fails doubles the next wait; an accepted token resets it.
+    wait = tf.where(tried & (accepted > 0), RETRY, wait)
+    wait = tf.where(tried & (accepted == 0) & (wanted == 1), tf.minimum(2 * wait, MAX_RETRY), wait)
     idle = tf.where(running & (k == 0), idle + 1, 0)
-    k = tf.where(idle >= RETRY, 1, k)
-    idle = tf.where(idle >= RETRY, 0, idle)
-    return dict(state, k=k, idle=idle,
+    k = tf.where(idle >= wait, 1, k)
+    idle = tf.where(idle >= wait, 0, idle)
+    return dict(state, k=k, idle=idle, wait=wait,
                 proposed=state["proposed"] + tf.where(tried, wanted, 0),
                 accepted=state["accepted"] + tf.where(tried, accepted, 0))
 
