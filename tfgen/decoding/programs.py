@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -166,7 +167,7 @@ class Programs:
                 self.seconds["trace"] += time.perf_counter() - start
                 if isinstance(program, _Program) and self.xla:
                     start = time.perf_counter()
-                    program = _lowered(program, flat, self.variables, key)
+                    program = _lowered(program, flat, specs, key)
                     self.seconds["lower"] += time.perf_counter() - start
             directory = cache.xla_directory()
             before = _listing(directory)
@@ -186,16 +187,18 @@ class Programs:
     def _first_call(program, flat):
         """Run a program once, to the end; a StableHLO module that fails runs by name instead."""
         with _native_stderr_quiet():  # TensorFlow logs a harmless parse note on an XLA cache hit
-            try:
-                outputs = program(flat)
+            def run(chosen):
+                outputs = chosen(flat)
                 tf.nest.map_structure(lambda value: value.numpy(), outputs)  # done, not just dispatched
+                return outputs
+
+            try:
+                return run(program), program
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
                 if not isinstance(program, _Program) or program.module is None:
                     raise
                 program = program.by_name()
-                outputs = program(flat)
-                tf.nest.map_structure(lambda value: value.numpy(), outputs)
-        return outputs, program
+                return run(program), program
 
     # -- trace ----------------------------------------------------------------------------------
     def _trace(self, key, body, tensors, leaves, specs, static):
@@ -286,7 +289,7 @@ _MHLO_COPY = re.compile(r"mhlo\.copy (%[\w#.]+) : (tensor<[^>]*>)")
 _MODULE_ATTRIBUTES = re.compile(r"^(module @[^\s{]+) attributes \{[^{}]*\}", re.MULTILINE)
 
 
-def _lowered(program: _Program, flat, variables, key) -> _Program:
+def _lowered(program: _Program, flat, specs, key) -> _Program:
     """The traced program run as StableHLO: a wrapper function that reads the weights and calls
     `XlaCallModule` on the module (`_lower`), renamed after the entry like the traced functions
     (so its HLO, and XLA's cache key, are the same in every process) and registered; the program
@@ -294,9 +297,8 @@ def _lowered(program: _Program, flat, variables, key) -> _Program:
     module = _lower(program, flat)
     if module is None:
         return program
+    variables = program.variables
     try:
-        specs = [tf.TensorSpec(value.shape, value.dtype) for value in flat]
-
         def wrapper(weights, inputs):
             return module.call([weight.value() for weight in weights] + list(inputs))
 
@@ -339,13 +341,9 @@ def _lower(program: _Program, flat) -> Optional[_Module]:
     return _Module(bytes(data), xla.call_module_maximum_supported_version(), program.types)
 
 
-_ACCELERATOR = []
-
-
+@functools.lru_cache(maxsize=None)
 def _has_accelerator() -> bool:
-    if not _ACCELERATOR:
-        _ACCELERATOR.append(bool(tf.config.list_logical_devices("GPU")))
-    return _ACCELERATOR[0]
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 # -- helpers --------------------------------------------------------------------------------------
