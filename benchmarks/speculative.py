@@ -9,8 +9,11 @@ through its chat template. Two prompt sets written for the benchmark: grounded o
 extract from, rewrite or edit a passage given in the prompt, where the answer copies spans of
 the prompt: prompt lookup's case) and open-ended ones (stories and explanations, where it finds
 little). For each set and batch size it prints plain greedy's and speculative (prompt lookup, each
-k) decoding's ms per generated token, tokens/s, speed-up, generated tokens per model pass, the share
-of proposed tokens accepted, and whether every row's tokens equal plain greedy's.
+k) decoding's ms per generated token, tokens/s and speed-up end to end, the decode phase's tokens/s
+and speed-up (the prompt's forward pass and first token, timed with max_new_tokens=1, taken off
+both sides), generated tokens per model pass, the share of proposed tokens accepted, and whether
+every row's tokens equal plain greedy's. A model without a chat template (Gemma 3 270M, a base
+model) gets each instruction as plain text followed by a blank line.
 
 Each program is compiled and run once before timing; the figures are the best of --repeats.
 """
@@ -49,9 +52,17 @@ OPEN_ENDED = [
 ]
 
 
+def prompt_text(generator, prompt: str) -> str:
+    """The prompt through the chat template; a base model (no template, e.g. Gemma 3 270M) gets
+    the instruction as text with a blank line after it."""
+    if getattr(generator.tokenizer, "chat_template", None):
+        return generator.chat_prompt(prompt)
+    return prompt + "\n\n"
+
+
 def run(generator, prompts, max_new_tokens, repeats, **speculation):
     """(best seconds, per-row token ids, generated tokens, passes, proposed, accepted)."""
-    texts = [generator.chat_prompt(p) for p in prompts]
+    texts = [prompt_text(generator, p) for p in prompts]
     ids_list = [generator.prompt_ids(t) for t in texts]
     from tfgen.decoding.params import left_pad
 
@@ -86,7 +97,7 @@ def main():
     generator = tfgen.load(args.model)
     print(f"{args.model}: greedy, {args.max_new_tokens} new tokens at most, best of {args.repeats}\n")
     header = f"{'set':<11}{'batch':>5}  {'decoding':<18}{'ms/token':>9}{'tokens/s':>9}{'speed-up':>9}" \
-             f"{'tok/pass':>9}{'accepted':>9}  same"
+             f"{'decode t/s':>10}{'speed-up':>8}{'tok/pass':>9}{'accepted':>9}  same"
     print(header)
     print("-" * len(header))
     for name, prompts in (("grounded", GROUNDED), ("open-ended", OPEN_ENDED)):
@@ -96,10 +107,16 @@ def main():
                 cases = [[p] for p in chosen[:len(prompts)]]
             else:
                 cases = [chosen]
+            # The prompt's forward pass and first token (plain greedy, max_new_tokens=1): the same
+            # work on both sides, taken off for the decode-phase figures.
+            first = [run(generator, case, 1, args.repeats) for case in cases]
+            first_seconds, first_tokens = sum(r[0] for r in first), sum(r[2] for r in first)
             plain = [run(generator, case, args.max_new_tokens, args.repeats) for case in cases]
             plain_seconds = sum(r[0] for r in plain)
             plain_tokens = sum(r[2] for r in plain)
-            _row(name, batch, "plain greedy", plain_seconds, plain_tokens, plain_tokens, 0, 0, 1.0, True)
+            plain_decode = Rate(plain_seconds - first_seconds, plain_tokens - first_tokens)
+            _row(name, batch, "plain greedy", plain_seconds, plain_tokens, plain_tokens, 0, 0, 1.0, True,
+                 plain_decode, plain_decode)
             for k in args.k:
                 spec = [run(generator, case, args.max_new_tokens, args.repeats, speculative="prompt_lookup",
                             num_speculative_tokens=k) for case in cases]
@@ -108,16 +125,31 @@ def main():
                 tokens = sum(r[2] for r in spec)
                 _row(name, batch, f"prompt lookup k={k}", seconds, tokens, sum(r[3] for r in spec),
                      sum(r[4] for r in spec), sum(r[5] for r in spec),
-                     (tokens / seconds) / (plain_tokens / plain_seconds), same)
+                     (tokens / seconds) / (plain_tokens / plain_seconds), same,
+                     Rate(seconds - first_seconds, tokens - first_tokens), plain_decode)
         print()
 
 
-def _row(name, batch, label, seconds, tokens, passes, proposed, accepted, speedup, same):
-    """One line: tok/pass is generated tokens per model pass (prefill included), accepted the
-    share of proposed tokens kept."""
+class Rate:
+    """Tokens over seconds of the decode phase (after the prompt's pass and first token)."""
+
+    def __init__(self, seconds: float, tokens: int):
+        self.seconds, self.tokens = max(seconds, 1e-9), max(tokens, 1)
+
+    @property
+    def per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def _row(name, batch, label, seconds, tokens, passes, proposed, accepted, speedup, same, decode, plain_decode):
+    """One line: end to end (prompt pass included) ms/token, tokens/s and speed-up; then the decode
+    phase's tokens/s and speed-up (the prompt's pass and first token taken off both sides, as
+    llama.cpp reports "eval" apart from "prompt eval"); tok/pass is generated tokens per model
+    pass (prefill included), accepted the share of proposed tokens kept."""
     rate = f"{accepted / proposed:.0%}" if proposed else "-"
     print(f"{name:<11}{batch:>5}  {label:<18}{1000 * seconds / tokens:>9.2f}{tokens / seconds:>9.1f}"
-          f"{speedup:>8.2f}x{tokens / passes:>9.2f}{rate:>9}  {'yes' if same else 'NO'}", flush=True)
+          f"{speedup:>8.2f}x{decode.per_second:>10.1f}{decode.per_second / plain_decode.per_second:>8.2f}x"
+          f"{tokens / passes:>9.2f}{rate:>9}  {'yes' if same else 'NO'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def _environment(cache_dir, **extra):
     return env
 
 
-def _start(cache_dir, **extra):
-    return subprocess.Popen([sys.executable, "-c", SCRIPT], env=_environment(cache_dir, **extra), cwd=ROOT,
+def _start(cache_dir, script=SCRIPT, **extra):
+    return subprocess.Popen([sys.executable, "-c", script], env=_environment(cache_dir, **extra), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -88,6 +88,31 @@ def test_warm_process_traces_nothing_and_prints_the_same(filled):
     # It runs the stored StableHLO module and finds its executable: XLA compiles nothing.
     assert warm["compiled"] == 0 and warm["lowered"] == 1
     assert warm["text"] == cold[0]["text"]
+
+
+def test_warm_after_importing_tensorflow_first(filled):
+    """`import tensorflow as tf; import tfgen`, TensorFlow code's usual order, starts warm too:
+    TensorFlow reads TF_XLA_FLAGS when its runtime starts, after tfgen has set them."""
+    _, cold, _ = filled
+    warm = _result(_start(filled[0], "import tensorflow as tf\n" + SCRIPT))
+    assert (warm["traces"], warm["restored"], warm["compiled"]) == (0, 1, 0), warm
+    assert warm["text"] == cold[0]["text"]
+
+
+@pytest.mark.parametrize("before", ["tf.constant(1.0) + 1", "tf.config.list_physical_devices()"],
+                         ids=["op", "device-listing"])
+def test_tensorflow_started_before_tfgen_says_the_cache_is_off(tmp_path, before):
+    """A TensorFlow op (tfgen sees the runtime started) or a device listing (TensorFlow read its
+    flags without starting one; tfgen sees nothing persisted after a compile) before `import
+    tfgen`: nothing can be persisted; the run still works, and says why the next start will not
+    be warm."""
+    script = f"import tensorflow as tf\n{before}\n" + SCRIPT
+    process = _start(tmp_path, script)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["text"].startswith("The theory of relativity is") and result["compiled"] == 1
+    assert "persistent XLA cache is off" in err and "Import tfgen before" in err
 
 
 def test_corrupt_entry_is_rebuilt(filled, monkeypatch):

@@ -27,8 +27,10 @@ def ensure_legacy_keras() -> None:
     was_set = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules:
+    if "tensorflow" not in sys.modules or not _tensorflow_started():
         use_xla_cache()
+    elif _wanted_xla_cache():
+        warn_xla_cache_off()
     if was_set or "tensorflow" not in sys.modules:
         return  # TensorFlow will read the variable when it is imported
     # TensorFlow is imported; tf.keras is resolved lazily on first use, so it may still pick Keras 2.
@@ -37,11 +39,50 @@ def ensure_legacy_keras() -> None:
         raise ImportError(_HOW_TO_FIX)
 
 
+def _tensorflow_started() -> bool:
+    """Whether TensorFlow, already imported, has started its runtime (its eager context).
+
+    `import tensorflow as tf; import tfgen` is the usual order in TensorFlow code: TensorFlow reads
+    TF_XLA_FLAGS when its runtime starts (the first op, or a device listing), not when it is
+    imported, so until then tfgen can still add its cache directory. A device listing starts no
+    context but reads the flags; `tfgen.decoding.programs` then notices that nothing is persisted
+    and says so.
+    """
+    context = sys.modules.get("tensorflow.python.eager.context")
+    current = getattr(context, "_context", None)
+    return current is not None and bool(getattr(current, "_initialized", True))
+
+
+XLA_CACHE_OFF = (
+    "TensorFlow started before tfgen was imported, so its persistent XLA cache is off in this "
+    "process: compiled programs are not kept for the next start. Import tfgen before running "
+    "TensorFlow ops, or start Python with TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR.")
+
+
+@functools.lru_cache(maxsize=None)  # once per process
+def warn_xla_cache_off() -> None:
+    """Say that this process persists no XLA executables (`XLA_CACHE_OFF`): TensorFlow read
+    TF_XLA_FLAGS before tfgen could add its directory. Everything still runs, only cold."""
+    import warnings
+
+    warnings.warn(XLA_CACHE_OFF, RuntimeWarning, stacklevel=2)
+
+
+def _wanted_xla_cache() -> bool:
+    """Whether tfgen would have added its XLA cache directory: the cache is on and the user chose
+    no persistent directory of their own."""
+    from tfgen import cache
+
+    return cache.root() is not None and "--tf_xla_persistent_cache_directory" not in os.environ.get(
+        "TF_XLA_FLAGS", "")
+
+
 def use_xla_cache() -> None:
     """Add tfgen's XLA cache directory to TF_XLA_FLAGS (`tfgen.cache.xla_flag`).
 
-    TensorFlow reads TF_XLA_FLAGS once, when it loads, so this must run before: the user's own
-    flags are kept (a persistent cache directory they chose wins), and TFGEN_CACHE=off adds nothing.
+    TensorFlow reads TF_XLA_FLAGS once, when its runtime starts, so this must run before: the
+    user's own flags are kept (a persistent cache directory they chose wins), and TFGEN_CACHE=off
+    adds nothing.
     """
     from tfgen import cache
 

@@ -8,7 +8,7 @@ Layout under `root()` ($TFGEN_CACHE, else $XDG_CACHE_HOME/tfgen or ~/.cache/tfge
                          graph (`tfgen.export.exporter`): a re-export of the same graph starts warm
     xla/<pid>-<tag>/     one directory per running process for TensorFlow's persistent XLA cache
                          (`xla_flag`); removed when the process ends
-    packages/, *.npz     assembled packaged models and converted GGUF weights (`tfgen.loading`,
+    packages/, *.arrays  assembled packaged models and converted GGUF weights (`tfgen.loading`,
                          `tfgen.models.gguf`), not counted in the size bound
 
 An entry is a directory written under a unique temporary name and renamed into place, so readers see
@@ -348,7 +348,7 @@ def _entries():
 
 
 def _remove_stale_root_temporaries() -> None:
-    """Temporary files killed writers left in the root (converted GGUF weights: `.tmp-*.npz`)."""
+    """Temporary files killed writers left in the root (converted GGUF weights: `.tmp-*.arrays`)."""
     base = root()
     try:
         names = [name for name in os.listdir(base) if name.startswith(".tmp-")]

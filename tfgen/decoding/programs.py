@@ -46,6 +46,7 @@ from tensorflow.core.framework import function_pb2
 from tensorflow.python.eager import context, execute
 
 from tfgen import cache
+from tfgen._keras_env import warn_xla_cache_off
 
 SECTION = "programs"
 _LIBRARY = "program.pb"
@@ -176,6 +177,9 @@ class Programs:
             self.seconds["first call"] += time.perf_counter() - start
             if self.xla and (directory is None or _listing(directory) - before):
                 self.compiled[label] += 1
+            elif self.xla and not stored and not _listing(directory):
+                self.compiled[label] += 1  # compiled, and TensorFlow persisted nothing
+                warn_xla_cache_off()  # TensorFlow read its flags before tfgen set them
             if isinstance(program, _Program):
                 self.lowered[label] += program.module is not None
                 if not stored:

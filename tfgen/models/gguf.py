@@ -8,7 +8,7 @@ rows for its interleaved RoPE (undone here: transformers and keras-hub rotate ha
 to every Gemma norm weight (taken off here: Hugging Face stores w of x * (1 + w)). It builds the
 tokenizer from the vocabulary in the metadata. The result is cached on disk (`$TFGEN_CACHE`,
 else `~/.cache/tfgen`), keyed by the file's path, size and modification time, so the second load
-reads one uncompressed `.npz` instead of parsing and dequantizing again.
+reads one mapped file of arrays (`_write_cache`) instead of parsing and dequantizing again.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 _MAGIC = b"GGUF"
-_CACHE_FORMAT = 4  # bump when the cached layout changes (2: model_type picks the class; 4: EOS lists)
+_CACHE_FORMAT = 5  # bump when the cached layout changes (2: model_type picks the class; 4: EOS lists;
+                  # 5: one mapped file of arrays, not an .npz)
 
 # Weight types the `gguf` package dequantizes in numpy (integer types are not weights).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "F64", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
@@ -250,7 +251,7 @@ class GGUFModel:
 
     def tokenizer(self):
         """The tokenizer: a `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` for a
-        SentencePiece vocabulary, else a `transformers.PreTrainedTokenizerFast` (byte-level BPE);
+        SentencePiece vocabulary, else a `tfgen.bpe_tokenizer.BPETokenizer` (byte-level BPE);
         both with the chat template."""
         special = self.special
         if self.sentencepiece_proto is not None:
@@ -259,14 +260,14 @@ class GGUFModel:
             return SentencePieceTokenizer(self.sentencepiece_proto, special.get("chat_template"),
                                           add_bos_token=special.get("add_bos_token", False))
         from tokenizers import Tokenizer
-        from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast(
-            tokenizer_object=Tokenizer.from_str(self.tokenizer_json),
+        from tfgen.bpe_tokenizer import BPETokenizer
+
+        return BPETokenizer(
+            Tokenizer.from_str(self.tokenizer_json),
             bos_token=special["bos_token"], eos_token=special["eos_token"],
             pad_token=special["pad_token"], unk_token=special.get("unk_token"),
-            chat_template=special.get("chat_template"), clean_up_tokenization_spaces=False,
-            model_input_names=["input_ids", "attention_mask"],
+            chat_template=special.get("chat_template"), add_bos_token=special.get("add_bos_token", False),
         )
 
 
@@ -606,11 +607,19 @@ def _byte_level_bpe(reader, path, tokens, types) -> str:
 
 
 # -- cache ------------------------------------------------------------------------------------------
+# A converted model is one file: magic, the JSON header's length (8 bytes, little-endian), the
+# header (meta, and each array's name, dtype, shape and offset), then the arrays' bytes, each at a
+# 64-byte boundary. Reading maps the file and takes views of it, so the weights are copied once, into
+# the TensorFlow variables (np.load of an .npz copied them twice, 1.2 s for SmolLM2).
+_CACHE_MAGIC = b"TFGENW01"
+_ALIGN = 64
+
+
 def _cache_path(path: str) -> str:
     stat = os.stat(path)
     key = hashlib.sha256(f"{_CACHE_FORMAT}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     stem = os.path.splitext(os.path.basename(path))[0]
-    return os.path.join(cache_dir(), f"{stem}-{key[:16]}.npz")
+    return os.path.join(cache_dir(), f"{stem}-{key[:16]}.arrays")
 
 
 _SENTENCEPIECE_ENTRY = "__sentencepiece__"  # the cache's entry for GGUFModel.sentencepiece_proto
@@ -618,17 +627,28 @@ _SENTENCEPIECE_ENTRY = "__sentencepiece__"  # the cache's entry for GGUFModel.se
 
 def _write_cache(target: str, model: GGUFModel) -> None:
     """Write the converted model next to `target`, then rename it into place (never half-written)."""
-    meta = json.dumps(dict(config=dataclasses.asdict(model.config), special=model.special,
-                           tokenizer=model.tokenizer_json))
+    meta = dict(config=dataclasses.asdict(model.config), special=model.special, tokenizer=model.tokenizer_json)
+    arrays = dict(model.weights)
+    if model.sentencepiece_proto is not None:
+        arrays[_SENTENCEPIECE_ENTRY] = np.frombuffer(model.sentencepiece_proto, np.uint8)
+    arrays = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    listing, offset = [], 0
+    for name, value in arrays.items():
+        listing.append([name, value.dtype.str, list(value.shape), offset])
+        offset += -(-value.nbytes // _ALIGN) * _ALIGN
+    header = json.dumps(dict(meta=meta, arrays=listing, data_bytes=offset)).encode("utf-8")
+    start = -(-(len(_CACHE_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
     directory = os.path.dirname(target)
     temp: Optional[str] = None
     try:
         os.makedirs(directory, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".arrays")
         with os.fdopen(handle, "wb") as out:
-            extra = {} if model.sentencepiece_proto is None else {
-                _SENTENCEPIECE_ENTRY: np.frombuffer(model.sentencepiece_proto, np.uint8)}
-            np.savez(out, __meta__=np.array(meta), **extra, **model.weights)
+            out.write(_CACHE_MAGIC + len(header).to_bytes(8, "little") + header)
+            for (_, _, _, position), value in zip(listing, arrays.values()):
+                out.write(b"\0" * (start + position - out.tell()))
+                out.write(memoryview(value.reshape(-1).view(np.uint8)))
+            out.write(b"\0" * (start + offset - out.tell()))
         os.replace(temp, target)
         temp = None
     except OSError:
@@ -639,9 +659,24 @@ def _write_cache(target: str, model: GGUFModel) -> None:
 
 
 def _read_cache(cached: str) -> GGUFModel:
-    with np.load(cached, allow_pickle=False) as data:
-        meta = json.loads(str(data["__meta__"]))
-        weights = {name: data[name] for name in data.files if name not in ("__meta__", _SENTENCEPIECE_ENTRY)}
-        proto = data[_SENTENCEPIECE_ENTRY].tobytes() if _SENTENCEPIECE_ENTRY in data.files else None
+    """The model `_write_cache` wrote; its arrays are read-only views of the mapped file.
+
+    Raises:
+        ValueError: not such a file, or not as long as its header says (torn or damaged).
+    """
+    data = np.memmap(cached, dtype=np.uint8, mode="r")
+    prefix = len(_CACHE_MAGIC) + 8
+    if len(data) < prefix or bytes(data[:len(_CACHE_MAGIC)]) != _CACHE_MAGIC:
+        raise ValueError(f"{cached} is not a converted-weights file")
+    length = int.from_bytes(bytes(data[len(_CACHE_MAGIC):prefix]), "little")
+    header = json.loads(bytes(data[prefix:prefix + length]).decode("utf-8"))
+    start = -(-(prefix + length) // _ALIGN) * _ALIGN
+    if len(data) != start + int(header["data_bytes"]):
+        raise ValueError(f"{cached} is {len(data)} bytes, not the {start + header['data_bytes']} its header says")
+    arrays = {}
+    for name, dtype, shape, position in header["arrays"]:
+        arrays[name] = np.ndarray(shape, np.dtype(dtype), buffer=data, offset=start + position)
+    proto = arrays.pop(_SENTENCEPIECE_ENTRY, None)
+    meta = header["meta"]
     config = _ARCHITECTURES[meta["config"]["model_type"]].config_class(**meta["config"])
-    return GGUFModel(config, weights, meta["tokenizer"], meta["special"], proto)
+    return GGUFModel(config, arrays, meta["tokenizer"], meta["special"], None if proto is None else proto.tobytes())

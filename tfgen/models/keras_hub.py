@@ -347,23 +347,20 @@ def _bpe_tokenizer(tokenizer, llama3_split: bool, start: bool):
 
 
 def _fast_tokenizer(backend, tokenizer, start: bool):
-    """The `tokenizers` backend as a transformers tokenizer with keras-hub's special tokens; with
+    """The `tokenizers` backend as a `tfgen.bpe_tokenizer.BPETokenizer` with keras-hub's special tokens; with
     `start`, it says so as transformers' Llama tokenizers do (`add_bos_token`, and BOS first when
     encoding with add_special_tokens=True)."""
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
+
+    from tfgen.bpe_tokenizer import BPETokenizer
 
     bos, eos = tokenizer.id_to_token(tokenizer.start_token_id), tokenizer.id_to_token(tokenizer.end_token_id)
     if start:
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, tokenizer.start_token_id)])
     special = [t for t in (getattr(tokenizer, "special_tokens", None) or []) if t not in (bos, eos)]
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos,
-        additional_special_tokens=special, clean_up_tokenization_spaces=False,
-        model_input_names=["input_ids", "attention_mask"])
-    fast.add_bos_token = bool(start)
-    return fast
+    return BPETokenizer(backend, bos_token=bos, eos_token=eos, pad_token=eos,
+                        additional_special_tokens=special, add_bos_token=bool(start))
 
 
 def _sentencepiece_tokenizer(preprocessor):
