@@ -234,6 +234,19 @@ def test_console_script_generates(tiny):
         "TensorFlow's native log lines should be silenced"
 
 
+def test_quick_exit_runs_the_exit_handlers_and_keeps_the_output(tiny, tmp_path):
+    """`console` ends a process that loaded TensorFlow with os._exit after main: the exit handlers
+    still run (this process's XLA cache directory is removed) and piped output arrives whole."""
+    env = dict(os.environ, TFGEN_CACHE=str(tmp_path))
+    env.pop("TF_XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "tfgen", "generate", PROMPT, "--model", "random:tiny",
+                           "--max-new-tokens", "6", "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["text"] == PROMPT + hf_greedy(tiny, PROMPT, 6)
+    assert os.listdir(tmp_path / "programs")  # the run stored its program
+    assert not os.listdir(tmp_path / "xla"), "the exit handlers did not run"
+
+
 def test_module_bad_argument_is_one_error_line():
     done = subprocess.run([sys.executable, "-m", "tfgen", "generate", PROMPT, "--model", "random:tiny",
                            "--top-k", "-1"], capture_output=True, text=True, timeout=300)

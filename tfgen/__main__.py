@@ -1,7 +1,5 @@
 """`python -m tfgen ...`: the same as the `tfgen` command."""
-import sys
-
-from tfgen.cli import main
+from tfgen.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

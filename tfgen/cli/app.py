@@ -118,6 +118,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
 
 
+def console(argv: Optional[Sequence[str]] = None) -> None:
+    """The `tfgen` program (console script and `python -m tfgen`): `main`, then exit.
+
+    A process that loaded TensorFlow spends about a second tearing its runtime down at interpreter
+    exit, after everything is written. So once `main` returns, the exit handlers run (they remove
+    this process's XLA cache directory), the standard streams are flushed and the process ends at
+    once with `os._exit`. Commands write their files whole before returning (exports rename into
+    place), so nothing is cut short.
+    """
+    code = main(argv)
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach the reader
+            pass
+    os._exit(code)
+
+
 def _quietly(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run without TensorFlow's native log lines and transformers' advice on stderr."""
     from tfgen._keras_env import native_stderr_silenced
