@@ -20,7 +20,7 @@ ensure_legacy_keras()  # first: TF_USE_LEGACY_KERAS=1 must be set before anythin
 
 __version__ = "0.1.0"
 __all__ = ["load", "TextGenerator", "GenerationConfig", "GenerationResult", "Completion",
-           "export_saved_model", "screen", "__version__"]
+           "SpeculationStats", "export_saved_model", "screen", "__version__"]
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -28,6 +28,7 @@ _EXPORTS = {
     "TextGenerator": "tfgen.generator",
     "GenerationResult": "tfgen.generator",
     "Completion": "tfgen.generator",
+    "SpeculationStats": "tfgen.generator",  # GenerationResult.speculation, TextGenerator.last_speculation
     "GenerationConfig": "tfgen.config",
     "export_saved_model": "tfgen.export",
     "screen": "tfgen.screening",  # generate and screen with a classifier
@@ -39,7 +40,7 @@ _IMPORTS_TENSORFLOW = {"tfgen.generator", "tfgen.screening"}
 if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at run time
     from tfgen.config import GenerationConfig
     from tfgen.export import export_saved_model
-    from tfgen.generator import Completion, GenerationResult, TextGenerator
+    from tfgen.generator import Completion, GenerationResult, SpeculationStats, TextGenerator
     from tfgen.loading import load
     from tfgen.screening import screen
 
