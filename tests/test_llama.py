@@ -64,7 +64,7 @@ def llama_cpp_permute(weights, heads):
 
 
 def write_tiny_gguf(path, reader, arch="llama", seed=0, layers=2, hidden=64, heads=4, kv_heads=2,
-                    ffn=96, quantize_embeddings=True, extra_tensor=None):
+                    ffn=96, quantize_embeddings=True, extra_tensor=None, add_bos=None):
     """A random Llama GGUF with SmolLM2's tokenizer, written as llama.cpp's converter would.
 
     Returns the HF-layout float32 weights it encodes (Q/K before llama.cpp's permutation).
@@ -92,6 +92,8 @@ def write_tiny_gguf(path, reader, arch="llama", seed=0, layers=2, hidden=64, hea
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(2)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     writer.add_chat_template(reader.fields["tokenizer.chat_template"].contents())
     hf = {}
 
@@ -287,6 +289,21 @@ def test_tokenizer_equals_llama_cpp(smollm2):
     vocab = llama_cpp.Llama(SMOL, vocab_only=True, verbose=False)
     for text in TEXTS + ["<|im_start|>user\nHi<|im_end|>\n"]:
         assert smollm2.tokenize(text) == vocab.tokenize(text.encode(), add_bos=False, special=True), text
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_byte_level_gguf_adds_bos_as_llama_cpp_does(smol_reader, tmp_path, monkeypatch, add_bos):
+    """`tokenizer.ggml.add_bos_token` of a byte-level vocabulary (Llama 3 GGUFs say True): the
+    prompt's ids start with BOS exactly when llama.cpp's tokenizer adds it."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "bos.gguf"
+    write_tiny_gguf(path, smol_reader, add_bos=add_bos)
+    gen = tfgen.load(f"gguf:{path}")
+    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for text in TEXTS:
+        assert gen.prompt_ids(text) == vocab.tokenize(text.encode(), add_bos=True, special=False), text
+    assert gen.tokenizer.add_bos_token is add_bos
 
 
 def test_decode_encode_round_trip(smollm2):
