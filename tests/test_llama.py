@@ -214,6 +214,20 @@ def test_second_load_reads_the_cache(tiny_gguf, tmp_path, monkeypatch):
         np.testing.assert_array_equal(second.weights[name], value)
 
 
+def test_copies_at_other_paths_share_one_entry(tiny_gguf, tmp_path, monkeypatch):
+    """The same file installed in two environments (pip keeps a wheel's timestamps) is converted once."""
+    monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "cache"))
+    copies = [tmp_path / name / "tiny-llama.gguf" for name in ("venv-a", "venv-b")]
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copy2(tiny_gguf[0], copy)  # keeps the modification time
+    tfgen_gguf.read_gguf(str(copies[0]))
+    monkeypatch.setattr(tfgen_gguf, "_convert", lambda _: pytest.fail("converted the copy again"))
+    second = tfgen_gguf.read_gguf(str(copies[1]))
+    np.testing.assert_array_equal(second.weights["model.norm.weight"], tiny_gguf[1]["model.norm.weight"])
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.suffix == ".arrays"]) == 1
+
+
 def test_changed_file_is_converted_again(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "cache"))
     copy = tmp_path / "copy.gguf"

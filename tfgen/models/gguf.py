@@ -7,7 +7,8 @@ Hugging Face name and in Hugging Face's conventions: llama.cpp's converter permu
 rows for its interleaved RoPE (undone here: transformers and keras-hub rotate halves), and adds 1
 to every Gemma norm weight (taken off here: Hugging Face stores w of x * (1 + w)). It builds the
 tokenizer from the vocabulary in the metadata. The result is cached on disk (`$TFGEN_CACHE`,
-else `~/.cache/tfgen`), keyed by the file's path, size and modification time, so the second load
+else `~/.cache/tfgen`), keyed by the file's name, size, modification time and its first and last
+MiB (not its path: copies in several environments share one entry), so the second load
 reads one mapped file of arrays (`_write_cache`) instead of parsing and dequantizing again.
 """
 from __future__ import annotations
@@ -615,11 +616,21 @@ _CACHE_MAGIC = b"TFGENW01"
 _ALIGN = 64
 
 
+_SAMPLE = 1 << 20  # bytes hashed at each end of the file for its cache key
+
+
 def _cache_path(path: str) -> str:
+    """Where `path`'s converted model is kept: keyed by what the file is (name, size, modification
+    time and the sha256 of its first and last MiB), not where it is, so the same GGUF installed in
+    several virtual environments (pip keeps a wheel's timestamps) is converted and stored once."""
     stat = os.stat(path)
-    key = hashlib.sha256(f"{_CACHE_FORMAT}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}|{os.path.basename(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_SAMPLE))
+        handle.seek(max(stat.st_size - _SAMPLE, 0))
+        digest.update(handle.read(_SAMPLE))
     stem = os.path.splitext(os.path.basename(path))[0]
-    return os.path.join(cache_dir(), f"{stem}-{key[:16]}.arrays")
+    return os.path.join(cache_dir(), f"{stem}-{digest.hexdigest()[:16]}.arrays")
 
 
 _SENTENCEPIECE_ENTRY = "__sentencepiece__"  # the cache's entry for GGUFModel.sentencepiece_proto
