@@ -21,16 +21,20 @@ def ensure_legacy_keras() -> None:
     """Set TF_USE_LEGACY_KERAS=1, or raise ImportError if TF already chose Keras 3.
 
     Also sets TF_CPP_MIN_LOG_LEVEL=2 unless the environment chose a level, so TensorFlow's C++
-    info and warning lines stay out of the output whoever imports it later, and, while TensorFlow
-    is not loaded yet, points its persistent XLA cache under tfgen's cache (`use_xla_cache`).
+    info and warning lines stay out of the output whoever imports it later, and, while TensorFlow's
+    runtime has not started, points its persistent XLA cache under tfgen's cache (`use_xla_cache`);
+    once it has, says that the cache is off in this process (`warn_xla_cache_off`).
     """
     was_set = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" not in sys.modules or not _tensorflow_started():
         use_xla_cache()
-    elif _wanted_xla_cache():
-        warn_xla_cache_off()
+    else:
+        from tfgen import cache
+
+        if cache.wants_xla_flag(os.environ.get("TF_XLA_FLAGS", "")):
+            warn_xla_cache_off()
     if was_set or "tensorflow" not in sys.modules:
         return  # TensorFlow will read the variable when it is imported
     # TensorFlow is imported; tf.keras is resolved lazily on first use, so it may still pick Keras 2.
@@ -66,15 +70,6 @@ def warn_xla_cache_off() -> None:
     import warnings
 
     warnings.warn(XLA_CACHE_OFF, RuntimeWarning, stacklevel=2)
-
-
-def _wanted_xla_cache() -> bool:
-    """Whether tfgen would have added its XLA cache directory: the cache is on and the user chose
-    no persistent directory of their own."""
-    from tfgen import cache
-
-    return cache.root() is not None and "--tf_xla_persistent_cache_directory" not in os.environ.get(
-        "TF_XLA_FLAGS", "")
 
 
 def use_xla_cache() -> None:

@@ -429,6 +429,12 @@ def clear(everything: bool = False) -> int:
 _FLAG = "--tf_xla_persistent_cache_directory"
 
 
+def wants_xla_flag(flags: str) -> bool:
+    """Whether tfgen would add its XLA cache directory to these TF_XLA_FLAGS: the cache is on and
+    they name no persistent cache directory already."""
+    return root() is not None and _FLAG not in flags
+
+
 def xla_flag(flags: str) -> str:
     """TF_XLA_FLAGS with tfgen's per-process XLA cache directory added (before TensorFlow loads).
 

@@ -175,9 +175,10 @@ class Programs:
             start = time.perf_counter()
             outputs, program = self._first_call(program, flat)
             self.seconds["first call"] += time.perf_counter() - start
-            if self.xla and (directory is None or _listing(directory) - before):
+            after = _listing(directory)
+            if self.xla and (directory is None or after - before):
                 self.compiled[label] += 1
-            elif self.xla and not stored and not _listing(directory):
+            elif self.xla and not stored and not after:
                 self.compiled[label] += 1  # compiled, and TensorFlow persisted nothing
                 warn_xla_cache_off()  # TensorFlow read its flags before tfgen set them
             if isinstance(program, _Program):

@@ -614,9 +614,17 @@ def _byte_level_bpe(reader, path, tokens, types) -> str:
 # the TensorFlow variables (np.load of an .npz copied them twice, 1.2 s for SmolLM2).
 _CACHE_MAGIC = b"TFGENW01"
 _ALIGN = 64
-
-
 _SAMPLE = 1 << 20  # bytes hashed at each end of the file for its cache key
+
+
+def _aligned(size: int) -> int:
+    """`size` rounded up to the next multiple of _ALIGN."""
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _data_start(header_length: int) -> int:
+    """Where the arrays start: after the magic, the header's length and the header, aligned."""
+    return _aligned(len(_CACHE_MAGIC) + 8 + header_length)
 
 
 def _cache_path(path: str) -> str:
@@ -646,9 +654,9 @@ def _write_cache(target: str, model: GGUFModel) -> None:
     listing, offset = [], 0
     for name, value in arrays.items():
         listing.append([name, value.dtype.str, list(value.shape), offset])
-        offset += -(-value.nbytes // _ALIGN) * _ALIGN
+        offset += _aligned(value.nbytes)
     header = json.dumps(dict(meta=meta, arrays=listing, data_bytes=offset)).encode("utf-8")
-    start = -(-(len(_CACHE_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
+    start = _data_start(len(header))
     directory = os.path.dirname(target)
     temp: Optional[str] = None
     try:
@@ -681,7 +689,7 @@ def _read_cache(cached: str) -> GGUFModel:
         raise ValueError(f"{cached} is not a converted-weights file")
     length = int.from_bytes(bytes(data[len(_CACHE_MAGIC):prefix]), "little")
     header = json.loads(bytes(data[prefix:prefix + length]).decode("utf-8"))
-    start = -(-(prefix + length) // _ALIGN) * _ALIGN
+    start = _data_start(length)
     if len(data) != start + int(header["data_bytes"]):
         raise ValueError(f"{cached} is {len(data)} bytes, not the {start + header['data_bytes']} its header says")
     arrays = {}
