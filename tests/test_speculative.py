@@ -8,6 +8,7 @@ weights gets most rejected (the correction path), the model as its own draft get
 """
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfgen
 from tfgen.decoding import speculative
@@ -160,7 +161,7 @@ def test_sampling_follows_the_target_distribution(small_vocab):
     for call in range(30):
         result = gen.generate_ids([prompt] * 64, max_new_tokens=4, do_sample=True, top_k=top_k,
                                   temperature=temperature, seed=list(range(call * 64, call * 64 + 64)),
-                                  speculative="prompt_lookup", ignore_eos=True)
+                                  speculative=speculative.PromptLookup(pass_exponent=0.0), ignore_eos=True)
         proposed += int(result.speculation.proposed.sum())
         accepted += int(result.speculation.accepted.sum())
         for row in result.sequences[:, len(prompt):len(prompt) + 3].tolist():
@@ -232,3 +233,43 @@ def test_draft_widths():
     assert speculative.draft_widths(1) == (0, 1)
     assert speculative.draft_widths(4) == (0, 1, 2, 4)
     assert speculative.draft_widths(16) == (0, 1, 8, 16)
+
+
+def _expected_width(wanted, running, rate, widths, exponent):
+    """numpy, from the definition: tokens committed on average per unit of pass cost."""
+    batch = len(wanted)
+    best, best_width = running.sum() / batch ** exponent, 0
+    for width in widths:
+        n = np.minimum(wanted, width)
+        gained = [sum(r ** i for i in range(1, m + 1)) for r, m in zip(rate, n)]
+        value = float(np.sum(running * (1.0 + np.asarray(gained)))) / (batch * (width + 1)) ** exponent
+        if value > best * (1 + 1e-6):
+            best, best_width = value, width
+    return best_width
+
+
+def test_pass_width_gives_the_most_tokens_per_cost():
+    """`worth_it` against the same choice in numpy over random rows; exponent 0 checks every
+    proposal (the widest pass anyone wants); a lone weak proposal at batch 4 is not worth a pass."""
+    rng = np.random.default_rng(0)
+    widths = speculative.draft_widths(8)[1:]
+    for _ in range(60):
+        batch = int(rng.integers(1, 9))
+        wanted = rng.integers(0, 9, batch)
+        running = rng.random(batch) < 0.8
+        rate = rng.random(batch)
+        exponent = float(rng.choice([0.2, 0.45, 0.8]))
+        got = speculative.worth_it(tf.constant(wanted, tf.int32), tf.constant(running),
+                                   tf.constant(rate, tf.float32), widths, exponent)
+        assert int(got) == _expected_width(wanted, running.astype(float), rate, widths, exponent)
+        widest = speculative.worth_it(tf.constant(wanted, tf.int32), tf.constant(running),
+                                      tf.constant(rate, tf.float32), widths, 0.0)
+        assert min(int(widest), wanted.max()) == wanted.max()
+
+    def width(wanted, rate):
+        return int(speculative.worth_it(tf.constant(wanted), tf.constant([True] * len(wanted)),
+                                        tf.constant(rate), widths, speculative.PASS_EXPONENT))
+
+    assert width([1, 0, 0, 0], [0.5] * 4) == 0  # one row's retry would cost the other three
+    assert width([1], [0.5]) == 1
+    assert width([8], [0.95]) == 8 and width([8], [0.5]) < 8

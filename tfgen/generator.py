@@ -353,7 +353,7 @@ class TextGenerator:
                 decoding, the same tokens as without it, in fewer model passes
                 (`tfgen.decoding.speculative`; greedy and sampling, not beam search). The
                 statistics land in `last_speculation`.
-            num_speculative_tokens: the most tokens proposed per pass, 1..16 (default 4).
+            num_speculative_tokens: the most tokens proposed per pass, 1..16 (default 8).
 
         Returns:
             One `Completion` per sequence: num_return_sequences per prompt, in prompt order.

@@ -195,7 +195,7 @@ def add_speculative_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--draft-model", metavar="SPEC",
                        help="a smaller model with the same tokenizer proposes the tokens (a --model SPEC)")
     group.add_argument("--num-speculative-tokens", type=int, metavar="K",
-                       help="tokens proposed per model pass at most, 1..16 (4)")
+                       help="tokens proposed per model pass at most, 1..16 (8)")
 
 
 def speculative_params(args: argparse.Namespace, xla: bool = True) -> Dict[str, Any]:

@@ -96,11 +96,15 @@ class Engine:
     def _speculative_fn(self, proposer):
         """The speculative loop's program for one proposer. A draft model's weights are captured
         (not inputs), so its program is traced once per process and draft object."""
-        key = proposer if isinstance(proposer, speculative.PromptLookup) else id(proposer.lm)
+        lookup = isinstance(proposer, speculative.PromptLookup)
+        key = proposer if lookup else (id(proposer.lm), proposer.pass_exponent)
         if key not in self._speculative_fns:
-            if isinstance(proposer, speculative.DraftModel):
-                proposer = speculative.DraftModel(proposer.lm.with_in_place_writes(self.xla))
-            name = f"speculative-{proposer.name}" + ("" if isinstance(key, tuple) else f"-{key}")
+            if not lookup:
+                proposer = proposer._replace(lm=proposer.lm.with_in_place_writes(self.xla))
+            # The proposer's settings are in the name, so cached programs never mix them.
+            settings = proposer if lookup else (key[0], proposer.pass_exponent)
+            name = f"speculative-{proposer.name}" + (
+                "" if proposer == speculative.PromptLookup() else "-" + "-".join(map(str, settings)))
 
             def body(input_ids, attention_mask, loop_params, num_steps, num_tokens, top_logprobs,
                      raw_logprobs):

@@ -23,8 +23,12 @@ accepted tokens hold rejected proposals until the next pass overwrites them; the
 them meanwhile, so the key mask simply marks every generated slot. No cache is copied.
 
 Static shapes: the pass width is one of a few (`draft_widths`), chosen per iteration by
-`tf.switch_case` from the largest proposal any running row makes; an iteration without proposals
-is a plain one-token pass, chosen for B rows (not B * (k + 1)). k adapts per row: it doubles
+`tf.switch_case`; an iteration without proposals is a plain one-token pass, chosen for B rows (not
+B * (k + 1)). The width is the one that commits the most tokens per unit of cost (`worth_it`):
+each row's recent acceptance (`acceptance`) gives the tokens it would commit on average, and a
+pass's cost grows with its positions (`pass_cost`), so at batch 4 one row's weak proposal does not
+widen the pass for all four, and a row accepting nearly everything gets the widest pass. k adapts
+per row as well: it doubles
 after a fully accepted proposal and falls to the accepted count otherwise, to 0 (no proposals)
 after a rejected one; a row at 0 tries one token again after `RETRY` iterations, and each retry
 that fails doubles that wait (up to `MAX_RETRY`; an accepted token resets it). Ungrounded text,
@@ -40,9 +44,19 @@ from tfgen.config import ROW_FIELDS
 from tfgen.decoding import sampling, steps, stops
 
 MAX_TOKENS = 16  # the largest k accepted (`check_num_tokens`)
-DEFAULT_TOKENS = 4  # k when none is given
+DEFAULT_TOKENS = 8  # k when none is given
 RETRY = 8  # iterations a row whose k fell to 0 waits before proposing one token again
 MAX_RETRY = 128  # the longest such wait, after retries that keep failing
+# A pass over M positions (batch rows times positions each) costs M ** PASS_EXPONENT one-position
+# passes (`pass_cost`): measured for SmolLM2 on the 2-core development machine, 1 x 5 positions
+# 2.0x, 1 x 9 2.5x, 4 x 5 1.4x of 4 x 1 (README, "Speculative decoding"). 0: every pass costs the
+# same, and every proposal is checked.
+PASS_EXPONENT = 0.45
+# Per-row acceptance estimate (`acceptance`): counts of accepted and rejected proposal tokens, each
+# iteration's added to DECAY times the old ones (so a row's estimate returns to the prior while it
+# proposes nothing), and a prior of PRIOR_HITS accepted and PRIOR_MISSES rejected tokens.
+DECAY = 0.75
+PRIOR_HITS, PRIOR_MISSES = 2.0, 1.0
 
 
 def check_num_tokens(num_tokens) -> int:
@@ -66,6 +80,7 @@ class PromptLookup(NamedTuple):
 
     max_ngram: int = 3
     min_ngram: int = 2
+    pass_exponent: float = PASS_EXPONENT
     name = "prompt_lookup"
 
     def init(self, lm, input_ids, attention_mask, max_length):
@@ -106,6 +121,7 @@ class DraftModel(NamedTuple):
     """
 
     lm: object
+    pass_exponent: float = PASS_EXPONENT
     name = "draft"
 
     def init(self, lm, input_ids, attention_mask, max_length):
@@ -203,6 +219,8 @@ def _init_state(lm, input_ids, attention_mask, params, num_steps, proposer, num_
         k=tf.fill([batch], num_tokens),
         idle=tf.zeros([batch], tf.int32),
         wait=tf.fill([batch], RETRY),
+        hits=tf.zeros([batch], tf.float32),
+        misses=tf.zeros([batch], tf.float32),
     )
     for name in ("log_probs",) + sampling._TOP + sampling._RAW:  # the per-step columns, num_steps wide
         if name in first:
@@ -225,6 +243,7 @@ def _iterate(lm, state, params, proposer, num_tokens):
     available, offered = proposer.offer(state, num_tokens)
     wanted = tf.where(running, tf.maximum(tf.minimum(tf.minimum(state["k"], available), budget), 0), 0)
     widths = draft_widths(num_tokens)[1:]
+    wanted = tf.minimum(wanted, worth_it(wanted, running, acceptance(state), widths, proposer.pass_exponent))
     most = tf.reduce_max(wanted)
 
     def plain():  # nobody proposes: a one-token pass, chosen for B rows only
@@ -331,9 +350,45 @@ def _adapt(state, running, wanted, accepted, num_tokens):
     idle = tf.where(running & (k == 0), idle + 1, 0)
     k = tf.where(idle >= wait, 1, k)
     idle = tf.where(idle >= wait, 0, idle)
-    return dict(state, k=k, idle=idle, wait=wait,
+    hits = DECAY * state["hits"] + tf.cast(tf.where(tried, accepted, 0), tf.float32)
+    misses = DECAY * state["misses"] + tf.cast(tried & (accepted < wanted), tf.float32)
+    return dict(state, k=k, idle=idle, wait=wait, hits=hits, misses=misses,
                 proposed=state["proposed"] + tf.where(tried, wanted, 0),
                 accepted=state["accepted"] + tf.where(tried, accepted, 0))
+
+
+def pass_cost(positions, exponent):
+    """The cost of a forward pass over `positions` (batch rows times positions each), in
+    one-position passes: positions ** exponent (a pass reads every weight once whatever its
+    width; the arithmetic grows with it)."""
+    return tf.cast(positions, tf.float32) ** exponent
+
+
+def acceptance(state):
+    """Each row's chance [B] that its next proposal token is accepted: its recent accepted and
+    rejected proposal tokens (`_adapt`), with the prior (PRIOR_HITS, PRIOR_MISSES)."""
+    return (state["hits"] + PRIOR_HITS) / (state["hits"] + state["misses"] + PRIOR_HITS + PRIOR_MISSES)
+
+
+def worth_it(wanted, running, rate, widths, exponent):
+    """The pass width [] that commits the most tokens per unit of cost: 0 (a plain pass) or one of
+    `widths`, each row proposing min(width, wanted) tokens.
+
+    A row that proposes n tokens, each accepted with chance `rate` given the ones before it,
+    commits 1 + rate + ... + rate^n tokens on average; the pass costs `pass_cost` of its B * (width
+    + 1) positions. With exponent 0 the widest pass anyone wants is chosen (every proposal is
+    checked, as without this choice)."""
+    batch = tf.shape(wanted)[0]
+    live = tf.cast(running, tf.float32)
+    best, best_width = tf.reduce_sum(live) / pass_cost(batch, exponent), tf.constant(0, tf.int32)
+    for width in widths:
+        n = tf.cast(tf.minimum(wanted, width), tf.float32)
+        gained = tf.where(rate < 1.0, rate * (1.0 - rate ** n) / tf.maximum(1.0 - rate, 1e-6), n)
+        value = tf.reduce_sum(live * (1.0 + gained)) / pass_cost(batch * (width + 1), exponent)
+        better = value > best if exponent else tf.reduce_max(wanted) > 0
+        best = tf.where(better, value, best)
+        best_width = tf.where(better, width, best_width)
+    return best_width
 
 
 def proposer_for(speculative, lm) -> Optional[object]:
@@ -341,6 +396,8 @@ def proposer_for(speculative, lm) -> Optional[object]:
     vocabulary as `lm`), or None (no speculation)."""
     if speculative is None:
         return None
+    if isinstance(speculative, (PromptLookup, DraftModel)):
+        return speculative
     if isinstance(speculative, str):
         if speculative != "prompt_lookup":
             raise ValueError(f"speculative must be 'prompt_lookup' or a draft TextGenerator, "
