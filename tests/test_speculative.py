@@ -181,6 +181,8 @@ def test_bad_input(tiny, small_vocab):
             tiny.generate("Hi", speculative="prompt_lookup", num_speculative_tokens=k)
     with pytest.raises(ValueError, match="vocabulary .96 tokens. differs"):
         tiny.generate("Hi", speculative=small_vocab)
+    with pytest.raises(ValueError, match="vocabulary .96 tokens. differs"):
+        tiny.generate("Hi", speculative=speculative.DraftModel(small_vocab.lm, pass_exponent=0.0))
     with pytest.raises(ValueError, match="not beam search"):
         tiny.generate("Hi", speculative="prompt_lookup", num_beams=2)
     with pytest.raises(ValueError, match="'prompt_lookup' or a draft TextGenerator"):

@@ -352,7 +352,8 @@ class TextGenerator:
                 row's own text) or a draft `TextGenerator` with the same vocabulary: speculative
                 decoding, the same tokens as without it, in fewer model passes
                 (`tfgen.decoding.speculative`; greedy and sampling, not beam search). The
-                statistics land in `last_speculation`.
+                statistics land in `last_speculation`. A `speculative.PromptLookup` or
+                `DraftModel` is taken as it is (e.g. `pass_exponent=0.0`: check every proposal).
             num_speculative_tokens: the most tokens proposed per pass, 1..16 (default 8).
 
         Returns:

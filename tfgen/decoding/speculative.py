@@ -393,21 +393,22 @@ def worth_it(wanted, running, rate, widths, exponent):
 
 def proposer_for(speculative, lm) -> Optional[object]:
     """The proposer of a `speculative` argument: "prompt_lookup", a draft `TextGenerator` (same
-    vocabulary as `lm`), or None (no speculation)."""
+    vocabulary as `lm`), a `PromptLookup` or `DraftModel` (taken as it is, the draft's vocabulary
+    checked), or None (no speculation)."""
     if speculative is None:
         return None
-    if isinstance(speculative, (PromptLookup, DraftModel)):
+    if isinstance(speculative, PromptLookup):
         return speculative
     if isinstance(speculative, str):
         if speculative != "prompt_lookup":
             raise ValueError(f"speculative must be 'prompt_lookup' or a draft TextGenerator, "
                              f"got {speculative!r}")
         return PromptLookup()
-    draft = getattr(speculative, "lm", None)
+    draft = getattr(speculative, "lm", None)  # a TextGenerator's model, or a DraftModel's
     if draft is None or not hasattr(draft, "forward"):
         raise TypeError(f"speculative must be 'prompt_lookup' or a draft TextGenerator, got "
                         f"{type(speculative).__name__}")
     if int(draft.vocab_size) != int(lm.vocab_size):
         raise ValueError(f"the draft model's vocabulary ({draft.vocab_size} tokens) differs from the model's "
                          f"({lm.vocab_size}); a draft must share the tokenizer")
-    return DraftModel(draft)
+    return speculative if isinstance(speculative, DraftModel) else DraftModel(draft)
