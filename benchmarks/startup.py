@@ -73,16 +73,16 @@ from tensorflow_serving.apis import predict_pb2
 imported = time.perf_counter()
 model = loader.SessionModel(sys.argv[2], grappler=sys.argv[3] != "off")
 loaded = time.perf_counter()
-before = loader.xla_cache_entries(loader.xla_cache_directory())
+directory = loader.xla_cache_directory()
+before = loader.xla_cache_entries(directory)
 requests = []
 for request in loader.warmup_records(sys.argv[2]):
     began = time.perf_counter()
     loader.grpc_predict(model, predict_pb2.PredictRequest.FromString(request.SerializeToString()))
     batch = next(iter(request.inputs.values())).tensor_shape.dim[0].size
     requests.append([request.model_spec.signature_name, batch, time.perf_counter() - began])
-compiled = loader.xla_cache_entries(loader.xla_cache_directory()) - before
 print(json.dumps({"import": imported - start, "load": loaded - imported, "requests": requests,
-                  "compiled": compiled if loader.xla_cache_directory() else None}))
+                  "compiled": loader.xla_cache_entries(directory) - before if directory else None}))
 """
 
 

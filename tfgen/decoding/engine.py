@@ -101,10 +101,9 @@ class Engine:
         if key not in self._speculative_fns:
             if not lookup:
                 proposer = proposer._replace(lm=proposer.lm.with_in_place_writes(self.xla))
-            # The proposer's settings are in the name, so cached programs never mix them.
-            settings = proposer if lookup else (key[0], proposer.pass_exponent)
-            name = f"speculative-{proposer.name}" + (
-                "" if proposer == speculative.PromptLookup() else "-" + "-".join(map(str, settings)))
+            # The proposer's settings (the key) are in the name, so cached programs never mix them.
+            default = lookup and proposer == speculative.PromptLookup()
+            name = f"speculative-{proposer.name}" + ("" if default else "-" + "-".join(map(str, key)))
 
             def body(input_ids, attention_mask, loop_params, num_steps, num_tokens, top_logprobs,
                      raw_logprobs):

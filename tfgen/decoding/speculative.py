@@ -48,8 +48,10 @@ DEFAULT_TOKENS = 8  # k when none is given
 RETRY = 8  # iterations a row whose k fell to 0 waits before proposing one token again
 MAX_RETRY = 128  # the longest such wait, after retries that keep failing
 # A pass over M positions (batch rows times positions each) costs M ** PASS_EXPONENT one-position
-# passes (`pass_cost`): measured for SmolLM2 on the 2-core development machine, 1 x 5 positions
-# 2.0x, 1 x 9 2.5x, 4 x 5 1.4x of 4 x 1 (README, "Speculative decoding"). 0: every pass costs the
+# passes (`pass_cost`). Fitted to batch 1 on the 2-core development machine (SmolLM2,
+# `benchmarks/pass_cost.py`: 1 x 5 positions 2.0-2.4x, 1 x 9 2.5-2.7x; the model says 2.1x and
+# 2.7x); at batch 4 it overstates a wide pass (4 x 5 measured 1.4-1.6x of 4 x 1, 4 x 9 1.8-1.9x;
+# the model says 2.1x and 2.7x), so there it errs towards plain passes. 0: every pass costs the
 # same, and every proposal is checked.
 PASS_EXPONENT = 0.45
 # Per-row acceptance estimate (`acceptance`): counts of accepted and rejected proposal tokens, each
@@ -380,12 +382,13 @@ def worth_it(wanted, running, rate, widths, exponent):
     checked, as without this choice)."""
     batch = tf.shape(wanted)[0]
     live = tf.cast(running, tf.float32)
+    anyone = tf.reduce_max(wanted) > 0  # exponent 0: each wider pass wins while anyone proposes
     best, best_width = tf.reduce_sum(live) / pass_cost(batch, exponent), tf.constant(0, tf.int32)
     for width in widths:
         n = tf.cast(tf.minimum(wanted, width), tf.float32)
         gained = tf.where(rate < 1.0, rate * (1.0 - rate ** n) / tf.maximum(1.0 - rate, 1e-6), n)
         value = tf.reduce_sum(live * (1.0 + gained)) / pass_cost(batch * (width + 1), exponent)
-        better = value > best if exponent else tf.reduce_max(wanted) > 0
+        better = (value > best) if exponent else anyone
         best = tf.where(better, value, best)
         best_width = tf.where(better, width, best_width)
     return best_width
