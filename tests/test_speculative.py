@@ -183,6 +183,14 @@ def test_bad_input(tiny, small_vocab):
         tiny.generate("Hi", speculative=small_vocab)
     with pytest.raises(ValueError, match="vocabulary .96 tokens. differs"):
         tiny.generate("Hi", speculative=speculative.DraftModel(small_vocab.lm, pass_exponent=0.0))
+    for bad in (-0.5, float("nan"), float("inf"), "0.45", True):
+        with pytest.raises(ValueError, match="pass_exponent must be a finite number >= 0"):
+            tiny.generate("Hi", speculative=speculative.PromptLookup(pass_exponent=bad))
+    with pytest.raises(ValueError, match="DraftModel.pass_exponent must be"):
+        tiny.generate("Hi", speculative=speculative.DraftModel(tiny.lm, pass_exponent=-1.0))
+    for sizes in ((0, 3), (3, 2), (2.0, 3)):
+        with pytest.raises(ValueError, match="1 <= min_ngram <= max_ngram"):
+            tiny.generate("Hi", speculative=speculative.PromptLookup(min_ngram=sizes[0], max_ngram=sizes[1]))
     with pytest.raises(ValueError, match="not beam search"):
         tiny.generate("Hi", speculative="prompt_lookup", num_beams=2)
     with pytest.raises(ValueError, match="'prompt_lookup' or a draft TextGenerator"):

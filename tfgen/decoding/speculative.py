@@ -394,12 +394,29 @@ def worth_it(wanted, running, rate, widths, exponent):
     return best_width
 
 
+def _check_settings(proposer) -> None:
+    """A proposer given as an object: pass_exponent a finite number >= 0, and a PromptLookup's
+    n-gram sizes integers with 1 <= min_ngram <= max_ngram."""
+    exponent = proposer.pass_exponent
+    number = isinstance(exponent, (int, float)) and not isinstance(exponent, bool)
+    if not number or not 0 <= exponent < float("inf"):
+        raise ValueError(f"{type(proposer).__name__}.pass_exponent must be a finite number >= 0, "
+                         f"got {exponent!r}")
+    if isinstance(proposer, PromptLookup):
+        sizes = (proposer.min_ngram, proposer.max_ngram)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes) or not 1 <= sizes[0] <= sizes[1]:
+            raise ValueError(f"PromptLookup needs integers 1 <= min_ngram <= max_ngram, got min_ngram="
+                             f"{proposer.min_ngram!r}, max_ngram={proposer.max_ngram!r}")
+
+
 def proposer_for(speculative, lm) -> Optional[object]:
     """The proposer of a `speculative` argument: "prompt_lookup", a draft `TextGenerator` (same
     vocabulary as `lm`), a `PromptLookup` or `DraftModel` (taken as it is, the draft's vocabulary
     checked), or None (no speculation)."""
     if speculative is None:
         return None
+    if isinstance(speculative, (PromptLookup, DraftModel)):
+        _check_settings(speculative)
     if isinstance(speculative, PromptLookup):
         return speculative
     if isinstance(speculative, str):
