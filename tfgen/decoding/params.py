@@ -251,6 +251,28 @@ def beam_params(repetition_penalty, num_beams: int, *, max_new_tokens, first_slo
     )
 
 
+def per_row(loop_params):
+    """The record's structure (`tf.nest`) with True at each field that has one entry per padded
+    batch row, per beam in a `BeamParams` (its repetition_penalty), and False at the others:
+    `SamplingParams`' `ROW_FIELDS` and per-row stop tables ([B, S, WIDTH], [B, S]) are per row;
+    the scalars, the vocabulary masks, the token rules and shared stop tables are not."""
+    def flags(record, rows):
+        return tf.nest.map_structure(lambda _: rows, record)
+
+    if isinstance(loop_params, BeamParams):
+        return loop_params._replace(**{name: flags(value, name == "repetition_penalty")
+                                       for name, value in loop_params._asdict().items()})
+    rows = {field.name for field in ROW_FIELDS}
+    fields = {name: flags(value, name in rows) for name, value in loop_params._asdict().items()
+              if name != "stops"}
+    stops = loop_params.stops
+    if stops is not None:
+        shared = stops.stop_bytes.shape.rank == 2  # one [S, WIDTH] table for every row
+        stops = StopTables(stop_bytes=not shared, stop_lengths=not shared, token_bytes=False,
+                           token_lengths=False)
+    return loop_params._replace(**fields, stops=stops)
+
+
 def token_rules(vocab_size: int, logit_bias=None, bad_words_ids=None, suppress_tokens=None,
                 begin_suppress_tokens=None, eos_token_ids: Sequence[int] = ()) -> TokenRules:
     """The per-call token controls as tensors (validated values: `GenerationConfig.validate`).

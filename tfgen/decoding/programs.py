@@ -73,6 +73,19 @@ class _Module:
                                Sout=[shape for _, shape in self.types], platforms=["CPU"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Lowered:
+    """A program as a StableHLO module (`Programs.function(...).lowered`): `call(weights, flat)`
+    runs it inside a jit-compiled function on the weights' values and the flat inputs, in the
+    program's order, and returns its outputs in their structure."""
+
+    module: _Module
+    outputs: object
+
+    def call(self, weights, flat):
+        return tf.nest.pack_sequence_as(self.outputs, self.module.call(list(weights) + list(flat)))
+
+
 class _Program:
     """A registered function, called by name with the live weights' handles, then the flat inputs.
 
@@ -143,7 +156,44 @@ class Programs:
             split = len(args) - num_static
             return self._run(name, body, args[:split], tuple(args[split:]))
 
+        def lowered(*args):
+            split = len(args) - num_static
+            return self._lowered_only(name, body, args[:split], tuple(args[split:]))
+
+        call.lowered = lowered
         return call
+
+    def _lowered_only(self, name, body, tensors, static) -> Optional["Lowered"]:
+        """The program for these inputs as a StableHLO module, restored or traced and lowered (and
+        stored) but not run: what an export embeds (`tfgen.export.module`). None when the program
+        cannot be lowered (no XLA, a shape that is not static, an accelerator)."""
+        if not self.xla:
+            return None
+        leaves = tf.nest.flatten(tensors)
+        flat = [tf.convert_to_tensor(leaf) for leaf in leaves if leaf is not None]
+        specs = [tf.TensorSpec(value.shape, value.dtype) for value in flat]
+        layout = _layout(tensors)
+        with self._lock:
+            key = self._key(name, static, layout)
+            label = (name,) + tuple(specs[0].shape) + static
+            start = time.perf_counter()
+            program = self._restore(key)
+            if program is not None:
+                self.restored[label] += 1
+                self.seconds["restore"] += time.perf_counter() - start
+            else:
+                program = self._trace(key, body, tensors, leaves, specs, static)
+                self.seconds["trace"] += time.perf_counter() - start
+                if not isinstance(program, _Program):
+                    return None
+                start = time.perf_counter()
+                program = _lowered(program, flat, specs, key)
+                self.seconds["lower"] += time.perf_counter() - start
+                if program.module is not None:
+                    self._store(key, program, _listing(cache.xla_directory()))  # no executable yet
+            if program.module is None:
+                return None
+            return Lowered(program.module, program.outputs)
 
     def _run(self, name, body, tensors, static):
         leaves = tf.nest.flatten(tensors)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfgen.config import MAX_LOGPROBS, ROW_FIELDS
 from tfgen.decoding import beam_search, params, sampling, speculative, steps, stops
+from tfgen.export.bucketed import BucketedProgram
 from tfgen.export.graph_tokenizer import GraphTokenizer
 from tfgen.tokenizer import token_texts
 
@@ -48,10 +49,24 @@ class GenerationModule(tf.Module):
         token_bytes, token_lengths = generator.token_tables()
         self.token_bytes = tf.Variable(token_bytes, trainable=False, name="token_bytes")
         self.token_lengths = tf.Variable(token_lengths, trainable=False, name="token_lengths")
-        self._decode = tf.function(self._decode_program, jit_compile=xla)
-        self._decode_logprobs = tf.function(self._decode_logprobs_program, jit_compile=xla)
-        self._beam = tf.function(self._beam_program, jit_compile=xla)
-        self._speculative = tf.function(self._speculative_program, jit_compile=xla)
+        # Each program as one shape-polymorphic function, used only where `_bucketed` cannot be.
+        self._polymorphic = {
+            "sample": tf.function(self._decode_program, jit_compile=xla),
+            "logprobs": tf.function(self._decode_logprobs_program, jit_compile=xla),
+            "beam": tf.function(self._beam_program, jit_compile=xla),
+            "speculative": tf.function(self._speculative_program, jit_compile=xla),
+        }
+        # With XLA: each program as a StableHLO module per bucket (`tfgen.export.bucketed`), made by
+        # the engine, so a server lowers nothing; the static arguments are the loops' below.
+        num_steps = self.max_new_tokens
+        statics = {"sample": ("sample", (num_steps, 0, False)), "logprobs": ("sample", (num_steps, MAX_LOGPROBS, False)),
+                   "beam": ("beam", (num_steps, self.num_beams, self.num_return_sequences)),
+                   "speculative": ("speculative", (num_steps, speculative.DEFAULT_TOKENS, 0, False))}
+        engine = generator.engine if xla and generator.engine.xla else None
+        self._bucketed = {} if engine is None else {
+            kind: BucketedProgram(engine, strategy, static, self.batch_buckets, self.prompt_buckets,
+                                  rows_per_prompt=self.num_beams if kind == "beam" else 1)
+            for kind, (strategy, static) in statics.items()}
         self._token_texts = None  # each token's text, built by the `logprobs` strategy only
 
     # -- compiled cores (the engine's own loops) ------------------------------------------------
@@ -68,6 +83,13 @@ class GenerationModule(tf.Module):
     def _beam_program(self, ids, mask, loop_params):
         return beam_search.loop(self.lm, ids, mask, loop_params, self.max_new_tokens, self.num_beams,
                                 self.num_return_sequences)
+
+    def _program(self, kind: str, ids, mask, loop_params):
+        """Run decoding program `kind` ("sample", "logprobs", "beam", "speculative"): its module
+        for the bucket when every bucket's could be made, else its shape-polymorphic function."""
+        bucketed = self._bucketed.get(kind)
+        out = None if bucketed is None else bucketed(ids, mask, loop_params)
+        return self._polymorphic[kind](ids, mask, loop_params) if out is None else out
 
     # -- graph helpers --------------------------------------------------------------------------
     def _tokenize(self, prompt):
@@ -169,8 +191,8 @@ class GenerationModule(tf.Module):
                 token_bytes=tf.convert_to_tensor(self.token_bytes),
                 token_lengths=tf.convert_to_tensor(self.token_lengths),
             )
-        decode = self._decode if logprobs is None else self._decode_logprobs
-        out = decode(ids, mask, self._sampling_params(rows, padded_batch, first_slot, stop_tables))
+        out = self._program("sample" if logprobs is None else "logprobs", ids, mask,
+                            self._sampling_params(rows, padded_batch, first_slot, stop_tables))
         new_tokens, num_generated = out["new_tokens"][:batch], out["num_generated"][:batch]
         completion = self._completion_text(new_tokens, num_generated)
         if stop is not None:
@@ -219,7 +241,8 @@ class GenerationModule(tf.Module):
         forward_passes [B], the model passes each row took."""
         batch = tf.size(prompt)
         ids, mask, padded_batch, first_slot = self._pad(self._tokenize(prompt), batch)
-        out = self._speculative(ids, mask, self._sampling_params(self._rows(batch), padded_batch, first_slot))
+        out = self._program("speculative", ids, mask,
+                            self._sampling_params(self._rows(batch), padded_batch, first_slot))
         num_generated = out["num_generated"][:batch]
         completion = self._completion_text(out["new_tokens"][:batch], num_generated)
         return {"text": tf.strings.join([prompt, completion]), "completion": completion,
@@ -243,7 +266,7 @@ class GenerationModule(tf.Module):
             tf.ones([padded_batch]), self.num_beams, max_new_tokens=self.max_new_tokens,
             first_slot=first_slot, eos_token_ids=self.lm.eos_token_ids, pad_token_id=self.lm.pad_token_id,
             vocab_size=self.lm.vocab_size)
-        out = self._beam(ids, mask, loop_params)
+        out = self._program("beam", ids, mask, loop_params)
         count = batch * self.num_return_sequences
         completion = self._completion_text(out["new_tokens"][:count], out["num_generated"][:count])
         shape = [batch, self.num_return_sequences]
@@ -261,7 +284,7 @@ class GenerationModule(tf.Module):
         ragged = tf.ragged.boolean_mask(input_ids, attention_mask > 0)[:, -self.max_prompt_tokens:]
         ids, mask, padded_batch, first_slot = self._pad(ragged, batch)
         loop_params = self._sampling_params(self._rows(batch), padded_batch, first_slot)
-        out = self._decode(ids, mask, loop_params)
+        out = self._program("sample", ids, mask, loop_params)
         new_tokens = out["new_tokens"][:batch]
         return {
             "sequences": tf.concat([input_ids, new_tokens], axis=1),
