@@ -280,6 +280,33 @@ def test_beam_signature_matches_engine(served, tiny):
     np.testing.assert_allclose(out["scores"].reshape(-1), scores, rtol=1e-4)
 
 
+def test_each_program_is_one_stablehlo_module_per_bucket(exported):
+    """The signatures call the engine's programs as StableHLO (XlaCallModule), one module per
+    program and bucket; the decoding loop itself is not in the graph as TensorFlow ops (its
+    in-place cache writes, XlaDynamicUpdateSlice, would be)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as handle:
+        graph = saved_model_pb2.SavedModel.FromString(handle.read()).meta_graphs[0].graph_def
+    nodes = [node for function in graph.library.function for node in function.node_def]
+    modules = {node.attr["module"].s for node in nodes if node.op == "XlaCallModule"}
+    # greedy/sample/generate_ids share one program; stop, logprobs and beam have their own
+    assert len(modules) == 4 * len(EXPORT_ARGS["batch_buckets"]) * len(EXPORT_ARGS["prompt_buckets"])
+    assert "XlaDynamicUpdateSlice" not in {node.op for node in nodes}
+
+
+def test_batch_past_the_largest_bucket_runs_in_chunks(served, tiny):
+    """Buckets (1, 4): 9 prompts are padded to 12 and run as three batches of 4, with the same
+    text as the engine; beam search (5 prompts: two chunks) too."""
+    prompts = [f"Prompt number {i} says" for i in range(9)]
+    out = served.run("serving_default", {"prompt": np.array([p.encode() for p in prompts], dtype=object)})
+    assert _texts(out["text"]) == tiny.generate(prompts, max_new_tokens=MAX_NEW)
+    out = served.run("beam", {"prompt": np.array([p.encode() for p in prompts[:5]], dtype=object)})
+    assert out["text"].shape == (5, 2)
+    assert _texts(out["text"]) == tiny.generate(prompts[:5], max_new_tokens=MAX_NEW, num_beams=2,
+                                                num_return_sequences=2)
+
+
 def test_generate_ids_signature(served, tiny):
     ids, mask = left_pad([tiny.tokenize("The theory of relativity is"), tiny.tokenize("Hi there")],
                          tiny.lm.pad_token_id)

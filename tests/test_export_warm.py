@@ -144,3 +144,20 @@ def test_platform_config_turns_grappler_off_and_keeps_the_batching(exported):
 def test_no_cache_no_warm_start(tmp_path):
     serving_files.write_operator_files(str(tmp_path), "plain", [1, 8])
     assert "TFGEN_WARM_START" not in (tmp_path / "serve.sh").read_text()
+
+
+def test_an_export_restores_the_programs_an_earlier_one_lowered(tmp_path, monkeypatch):
+    """The exporter gets each program's StableHLO module from the engine (`Engine.lowered`): the
+    first export traces and lowers it (storing it in tfgen's cache), a later one restores it and
+    traces no decoding program; neither runs one."""
+    import tfgen
+
+    monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "tfgen-cache"))
+    gen = tfgen.load("random:tiny", seed=0)
+    args = dict(max_prompt_tokens=16, max_new_tokens=MAX_NEW_TOKENS, batch_buckets=(1, 2), prompt_buckets=(16,),
+                strategies="greedy", validate=False, progress=False)
+    tfgen.export_saved_model(gen, str(tmp_path / "a"), **args)
+    assert gen.engine.trace_count == 1 and gen.engine.restore_count == 0  # one trace for both buckets
+    tfgen.export_saved_model(gen, str(tmp_path / "b"), **args)
+    assert gen.engine.trace_count == 1 and gen.engine.restore_count == 2
+    assert gen.engine.compile_count == 0

@@ -114,14 +114,15 @@ class Engine:
             self._speculative_fns[key] = self.programs.function(name, body, num_static=4)
         return self._speculative_fns[key]
 
-    def lowered(self, strategy: str, ids, mask, loop_params, num_steps: int, *static):
-        """The program `generate` runs for these inputs, as a StableHLO module restored or traced
-        and lowered but not run (`programs.Lowered`); None when it cannot be one. strategy "sample"
-        (static: top_logprobs, raw_logprobs), "beam" (num_beams, num_return_sequences) or
-        "speculative" (default prompt lookup; num_tokens, top_logprobs, raw_logprobs)."""
+    def lowered(self, strategy: str, examples, num_steps: int, *static) -> list:
+        """The programs `generate` runs for each example (ids, mask, loop_params) of one shape each,
+        as StableHLO modules restored or traced (once for all of them) and lowered but not run
+        (`programs.Lowered`; None where one cannot be). strategy "sample" (static: top_logprobs,
+        raw_logprobs), "beam" (num_beams, num_return_sequences) or "speculative" (default prompt
+        lookup; num_tokens, top_logprobs, raw_logprobs)."""
         functions = {"sample": self._sample_fn, "beam": self._beam_fn,
                      "speculative": self._speculative_fn(speculative.PromptLookup())}
-        return functions[strategy].lowered(ids, mask, loop_params, num_steps, *static)
+        return functions[strategy].lowered([tuple(example) + (num_steps,) + static for example in examples])
 
     def _init_program(self, ids, mask, loop_params, num_steps):
         self.traces[("stream-init",) + tuple(ids.shape) + (num_steps,)] += 1

@@ -156,44 +156,56 @@ class Programs:
             split = len(args) - num_static
             return self._run(name, body, args[:split], tuple(args[split:]))
 
-        def lowered(*args):
-            split = len(args) - num_static
-            return self._lowered_only(name, body, args[:split], tuple(args[split:]))
+        def lowered(examples):
+            return self._lowered_only(name, body, [args[:len(args) - num_static] for args in examples],
+                                      {tuple(args[len(args) - num_static:]) for args in examples})
 
-        call.lowered = lowered
+        call.lowered = lowered  # examples: a list of argument tuples, one per shape
         return call
 
-    def _lowered_only(self, name, body, tensors, static) -> Optional["Lowered"]:
-        """The program for these inputs as a StableHLO module, restored or traced and lowered (and
-        stored) but not run: what an export embeds (`tfgen.export.module`). None when the program
-        cannot be lowered (no XLA, a shape that is not static, an accelerator)."""
-        if not self.xla:
-            return None
-        leaves = tf.nest.flatten(tensors)
-        flat = [tf.convert_to_tensor(leaf) for leaf in leaves if leaf is not None]
-        specs = [tf.TensorSpec(value.shape, value.dtype) for value in flat]
-        layout = _layout(tensors)
+    def _lowered_only(self, name, body, examples, statics) -> List[Optional["Lowered"]]:
+        """The program for each example's inputs (one shape each, the same static arguments) as a
+        StableHLO module, restored or lowered and stored, but not run: what an export embeds
+        (`tfgen.export.bucketed`). The shapes not in the cache share one trace, with every axis
+        on which they differ left unknown, lowered once per shape. None for a shape that cannot be
+        lowered (no XLA, an accelerator, an op StableHLO has no form for)."""
+        (static,) = statics
+        found: List[Optional[Lowered]] = [None] * len(examples)
+        missing = []
         with self._lock:
-            key = self._key(name, static, layout)
-            label = (name,) + tuple(specs[0].shape) + static
-            start = time.perf_counter()
-            program = self._restore(key)
-            if program is not None:
-                self.restored[label] += 1
-                self.seconds["restore"] += time.perf_counter() - start
-            else:
-                program = self._trace(key, body, tensors, leaves, specs, static)
-                self.seconds["trace"] += time.perf_counter() - start
-                if not isinstance(program, _Program):
-                    return None
+            for index, tensors in enumerate(examples):
+                leaves = tf.nest.flatten(tensors)
+                flat = [tf.convert_to_tensor(leaf) for leaf in leaves if leaf is not None]
+                key = self._key(name, static, _layout(tensors))
+                label = (name,) + tuple(flat[0].shape) + static
                 start = time.perf_counter()
-                program = _lowered(program, flat, specs, key)
+                program = self._restore(key) if self.xla else None
+                self.seconds["restore"] += time.perf_counter() - start
+                if program is not None and program.module is not None:
+                    self.restored[label] += 1
+                    found[index] = Lowered(program.module, program.outputs)
+                elif self.xla:
+                    missing.append((index, tensors, leaves, flat, key))
+            if not missing:
+                return found
+            _, tensors, leaves, flat, _ = missing[0]
+            specs = [tf.TensorSpec([d if all(m[3][i].shape[axis] == d for m in missing) else None
+                                    for axis, d in enumerate(value.shape)], value.dtype)
+                     for i, value in enumerate(flat)]
+            start = time.perf_counter()
+            traced = self._trace(None, body, tensors, leaves, specs, static,
+                                 suffix="_tfgen_" + cache.digest(dict(missing[0][4], shared=repr(specs)))[:12])
+            self.seconds["trace"] += time.perf_counter() - start
+            if not isinstance(traced, _Program):
+                return found
+            for index, _, _, flat, key in missing:
+                start = time.perf_counter()
+                program = _lowered(traced, flat, [tf.TensorSpec(v.shape, v.dtype) for v in flat], key)
                 self.seconds["lower"] += time.perf_counter() - start
                 if program.module is not None:
                     self._store(key, program, _listing(cache.xla_directory()))  # no executable yet
-            if program.module is None:
-                return None
-            return Lowered(program.module, program.outputs)
+                    found[index] = Lowered(program.module, program.outputs)
+            return found
 
     def _run(self, name, body, tensors, static):
         leaves = tf.nest.flatten(tensors)
@@ -256,7 +268,7 @@ class Programs:
                 return run(program), program
 
     # -- trace ----------------------------------------------------------------------------------
-    def _trace(self, key, body, tensors, leaves, specs, static):
+    def _trace(self, key, body, tensors, leaves, specs, static, suffix=None):
         def arguments(inputs):
             values = iter(inputs)
             return tf.nest.pack_sequence_as(tensors, [None if leaf is None else next(values)
@@ -274,7 +286,7 @@ class Programs:
         if concrete.captured_inputs:
             return lambda flat: concrete(self.variables, flat)  # runs, but is not stored
         library = _library(concrete)
-        names = _rename(library, "_tfgen_" + cache.digest(key)[:12])
+        names = _rename(library, suffix or "_tfgen_" + cache.digest(key)[:12])
         outputs = tf.nest.map_structure(lambda _: None, concrete.structured_outputs)
         _register(library)
         types = [(tensor.dtype.name, tensor.shape.as_list()) for tensor in concrete.outputs]
@@ -377,7 +389,7 @@ def _lower(program: _Program, flat) -> Optional[_Module]:
     `mhlo.copy` (a copy of a loop-carried value; an identity reshape, which XLA removes). Anything
     else that is not StableHLO fails the serialization, and the program then runs by name.
     """
-    if program.types is None or _has_accelerator():
+    if _has_accelerator():
         return None
     from tensorflow.compiler.mlir.stablehlo import stablehlo
     from tensorflow.compiler.tf2xla.python import xla
@@ -390,10 +402,34 @@ def _lower(program: _Program, flat) -> Optional[_Module]:
                 captured_inputs=[], stage="stablehlo")
             text = _MHLO_COPY.sub(r"stablehlo.reshape \1 : (\2) -> \2", text.decode("utf-8"))
             text = _MODULE_ATTRIBUTES.sub(r"\1", text, count=1)
+            types = program.types or _result_types(text)
             data = stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
     except Exception:  # noqa: BLE001 - any failure here only means the program runs by name
         return None
-    return _Module(bytes(data), xla.call_module_maximum_supported_version(), program.types)
+    if types is None or len(types) != program.num_outputs:
+        return None
+    return _Module(bytes(data), xla.call_module_maximum_supported_version(), tuple(types))
+
+
+_MAIN_RESULTS = re.compile(r"^\s*func\.func (?:public )?@main\(.*\) -> \(?(.*?)\)? \{$", re.MULTILINE)
+_TENSOR_TYPE = re.compile(r"tensor<((?:\d+x)*)([a-z]+\d*)>")
+_ELEMENT_TYPES = {"i1": "bool", "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64", "ui8": "uint8",
+                  "ui32": "uint32", "ui64": "uint64", "f16": "float16", "bf16": "bfloat16", "f32": "float32",
+                  "f64": "float64"}
+
+
+def _result_types(text: str):
+    """Each result's (dtype name, static shape) from the StableHLO text's `main` signature (a
+    program traced with axes left unknown, lowered for one shape), or None."""
+    match = _MAIN_RESULTS.search(text)
+    if match is None:
+        return None
+    types = []
+    for dims, element in _TENSOR_TYPE.findall(match.group(1)):
+        if element not in _ELEMENT_TYPES:
+            return None
+        types.append((_ELEMENT_TYPES[element], [int(d) for d in dims.split("x") if d]))
+    return types
 
 
 @functools.lru_cache(maxsize=None)

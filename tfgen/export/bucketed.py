@@ -57,8 +57,7 @@ class BucketedProgram:
         buckets = [(b, p) for b in self.batch_buckets for p in self.prompt_buckets]
         if any((layout, b, p) not in self._lowered for b, p in buckets):
             with tf.init_scope(), _uids_aligned():  # lowering runs eagerly, outside the signature
-                for batch, prompt in buckets:
-                    self._lower(layout, tensors, leaves, present, rows, batch, prompt)
+                self._lower(layout, tensors, leaves, present, rows, buckets)
         if any(self._lowered[(layout, b, p)] is None for b, p in buckets):
             return None
         outputs = self._lowered[(layout,) + buckets[0]].outputs
@@ -81,31 +80,33 @@ class BucketedProgram:
             specs.append(tf.TensorSpec(shape, leaf.dtype))
         return specs
 
-    def _lower(self, layout, tensors, leaves, present, rows, batch: int, prompt: int) -> None:
-        key = (layout, batch, prompt)
-        if key in self._lowered:
-            return
-        specs = self._specs(present, rows, batch, prompt)
-        lowered = None
-        if specs is not None:
-            examples = iter(tf.zeros(spec.shape, spec.dtype) for spec in specs)
-            ids, mask, loop_params = tf.nest.pack_sequence_as(
-                tensors, [None if leaf is None else next(examples) for leaf in leaves])
-            lowered = self.engine.lowered(self.strategy, ids, mask, loop_params, *self.static)
-        self._lowered[key] = lowered
-        if lowered is not None:
-            self._functions[key] = _jit_function(lowered, self.engine.programs.variables,
-                                                 f"{self.strategy}_b{batch}_p{prompt}")
-            self._input_specs[key] = specs
+    def _lower(self, layout, tensors, leaves, present, rows, buckets) -> None:
+        """Every bucket's module from the engine (one call: the buckets share a trace)."""
+        specs = {bucket: self._specs(present, rows, *bucket) for bucket in buckets}
+        wanted = [bucket for bucket in buckets if specs[bucket] is not None]
+        examples = []
+        for bucket in wanted:
+            zeros = iter(tf.zeros(spec.shape, spec.dtype) for spec in specs[bucket])
+            examples.append(tf.nest.pack_sequence_as(tensors, [None if leaf is None else next(zeros)
+                                                               for leaf in leaves]))
+        made = self.engine.lowered(self.strategy, examples, *self.static) if examples else []
+        lowered = dict(zip(wanted, made))
+        for batch, prompt in buckets:
+            key = (layout, batch, prompt)
+            self._lowered[key] = lowered.get((batch, prompt))
+            if self._lowered[key] is not None:
+                self._functions[key] = _jit_function(self._lowered[key], self.engine.programs.variables,
+                                                     f"{self.strategy}_b{batch}_p{prompt}")
+                self._input_specs[key] = specs[(batch, prompt)]
 
     # -- dispatch (graph) ---------------------------------------------------------------------------
     def _dispatch(self, layout, present, rows):
         batch = tf.shape(present[0])[0]
         largest = self.batch_buckets[-1]
         known = _static_rows(present, rows, self.rows_per_prompt)
-        if known is not None:  # a batch fixed when the graph is built takes only its own branch
-            if known in self.batch_buckets[:-1]:
-                return self._by_prompt(layout, known, present)
+        if known in self.batch_buckets[:-1]:  # a batch fixed when the graph is built: its branch only
+            return self._by_prompt(layout, known, present)
+        if known is not None and known % largest == 0:
             return self._chunked(layout, present, rows, known // largest)
 
         def branch(size):
@@ -128,7 +129,7 @@ class BucketedProgram:
                 return self._functions[key]([tf.reshape(x, spec.shape) for x, spec in zip(flat, specs)])
             return run
 
-        if flat[0].shape[1] is not None:  # a prompt length fixed when the graph is built
+        if flat[0].shape[1] in self.prompt_buckets:  # a prompt length fixed when the graph is built
             return branch(int(flat[0].shape[1]))()
         index = tf.searchsorted(tf.constant(self.prompt_buckets, tf.int32), tf.reshape(length, [1]))[0]
         index = tf.minimum(index, len(self.prompt_buckets) - 1)
