@@ -238,3 +238,27 @@ def test_a_module_that_fails_runs_by_name(monkeypatch, tmp_path):
     got = np.asarray(fresh.generate_ids(ids, max_new_tokens=3).sequences)
     assert broken and np.array_equal(got, expected)
     assert sum(fresh.engine.programs.lowered.values()) == 0  # it ran by name
+
+
+def test_module_result_types_read_from_the_stablehlo_text():
+    """A program traced with unknown axes and lowered for one shape gets its output types from the
+    module's main signature (`programs._result_types`): the same dtypes and shapes as TensorFlow's
+    own trace of that shape."""
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    from tfgen.decoding import programs
+
+    def body(ids, weights):
+        return {"f": tf.cast(ids, tf.float32) * weights[0], "b": tf.reduce_sum(ids, 1) > 0,
+                "s": tf.shape(ids)[0], "l": tf.cast(ids[:, :1], tf.int64), "h": tf.cast(weights, tf.bfloat16)}
+
+    loose = tf.function(body, jit_compile=True).get_concrete_function(
+        tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.float32))
+    ids, weights = tf.zeros([3, 5], tf.int32), tf.zeros([7], tf.float32)
+    text = context.context().get_compiler_ir(
+        device_name=None, platform_name="CPU", function_name=loose.function_def.signature.name,
+        flat_args=[ids, weights], captured_inputs=[], stage="stablehlo").decode()
+    exact = tf.function(body, jit_compile=True).get_concrete_function(ids, weights)
+    assert programs._result_types(text) == [(t.dtype.name, t.shape.as_list()) for t in exact.outputs]
+    assert programs._result_types("no module here") is None
