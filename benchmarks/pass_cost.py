@@ -5,8 +5,8 @@ behind speculative decoding's cost model (`tfgen.decoding.speculative.PASS_EXPON
 
 Each shape runs `--steps` forward passes chained in one jit-compiled XLA loop (each pass's argmax
 feeds the next, every position's logits computed, as a speculative pass does, writing the cache
-at its next slots; attention reads every slot), after a compiling run; the figure is the best of 5, in ms per pass, and the ratio
-to the 1 x 1 pass. Prints one line per shape and the ratios as JSON.
+at its next slots; attention reads every slot), after a compiling run; the figure is the best of
+5, in ms per pass, and the ratio to the 1 x 1 pass. Prints one line per shape and the ratios as JSON.
 """
 import argparse
 import json

@@ -154,8 +154,8 @@ def test_an_export_restores_the_programs_an_earlier_one_lowered(tmp_path, monkey
 
     monkeypatch.setenv("TFGEN_CACHE", str(tmp_path / "tfgen-cache"))
     gen = tfgen.load("random:tiny", seed=0)
-    args = dict(max_prompt_tokens=16, max_new_tokens=MAX_NEW_TOKENS, batch_buckets=(1, 2), prompt_buckets=(16,),
-                strategies="greedy", validate=False, progress=False)
+    args = dict(max_prompt_tokens=16, max_new_tokens=MAX_NEW_TOKENS, batch_buckets=(1, 2),
+                prompt_buckets=(16,), strategies="greedy", validate=False, progress=False)
     tfgen.export_saved_model(gen, str(tmp_path / "a"), **args)
     assert gen.engine.trace_count == 1 and gen.engine.restore_count == 0  # one trace for both buckets
     tfgen.export_saved_model(gen, str(tmp_path / "b"), **args)

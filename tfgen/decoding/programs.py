@@ -75,15 +75,12 @@ class _Module:
 
 @dataclasses.dataclass(frozen=True)
 class Lowered:
-    """A program as a StableHLO module (`Programs.function(...).lowered`): `call(weights, flat)`
-    runs it inside a jit-compiled function on the weights' values and the flat inputs, in the
-    program's order, and returns its outputs in their structure."""
+    """A program as a StableHLO module (`Programs.function(...).lowered`): `module.call` runs it
+    inside a jit-compiled function on the weights' values then the flat inputs, in the program's
+    order, and gives its flat outputs; `outputs` is their structure (leaves None)."""
 
     module: _Module
     outputs: object
-
-    def call(self, weights, flat):
-        return tf.nest.pack_sequence_as(self.outputs, self.module.call(list(weights) + list(flat)))
 
 
 class _Program:
@@ -193,8 +190,8 @@ class Programs:
                                     for axis, d in enumerate(value.shape)], value.dtype)
                      for i, value in enumerate(flat)]
             start = time.perf_counter()
-            traced = self._trace(None, body, tensors, leaves, specs, static,
-                                 suffix="_tfgen_" + cache.digest(dict(missing[0][4], shared=repr(specs)))[:12])
+            suffix = "_tfgen_" + cache.digest(dict(missing[0][4], shared=repr(specs)))[:12]
+            traced = self._trace(None, body, tensors, leaves, specs, static, suffix=suffix)
             self.seconds["trace"] += time.perf_counter() - start
             if not isinstance(traced, _Program):
                 return found

@@ -17,11 +17,20 @@ is not static), `BucketedProgram` gives None and the caller keeps its shape-poly
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
 from tfgen.decoding import params
+
+
+class _Bucket(NamedTuple):
+    """One bucket's program: the engine's `programs.Lowered`, the jit-compiled function that runs
+    it, and its inputs' static shapes."""
+
+    lowered: object
+    function: object
+    specs: list
 
 
 class BucketedProgram:
@@ -29,8 +38,8 @@ class BucketedProgram:
 
     Args:
         engine: the generator's `tfgen.decoding.engine.Engine`.
-        strategy, static: what `engine.lowered(strategy, ids, mask, loop_params, *static)` takes
-            (static starts with the number of steps).
+        strategy, static: what `engine.lowered(strategy, examples, *static)` takes (static starts
+            with the number of steps).
         batch_buckets, prompt_buckets: the export's buckets, sorted.
         rows_per_prompt: loop-parameter rows per prompt row (beam search: its beams).
     """
@@ -40,9 +49,7 @@ class BucketedProgram:
         self.engine, self.strategy, self.static = engine, strategy, tuple(static)
         self.batch_buckets, self.prompt_buckets = tuple(batch_buckets), tuple(prompt_buckets)
         self.rows_per_prompt = int(rows_per_prompt)
-        self._lowered: Dict[tuple, object] = {}  # (layout, batch, prompt) -> programs.Lowered or None
-        self._functions: Dict[tuple, object] = {}  # the same key -> its jit-compiled function
-        self._input_specs: Dict[tuple, list] = {}  # the same key -> its inputs' static shapes
+        self._buckets: Dict[tuple, Optional[_Bucket]] = {}  # (layout, batch, prompt) -> None: not lowered
 
     def __call__(self, ids, mask, loop_params) -> Optional[dict]:
         """The program's outputs for padded ids/mask [Bb, Pb] and the loop's parameters (graph
@@ -55,12 +62,12 @@ class BucketedProgram:
         layout = repr(tf.nest.map_structure(
             lambda leaf: None if leaf is None else (leaf.dtype.name, leaf.shape.as_list()), tensors))
         buckets = [(b, p) for b in self.batch_buckets for p in self.prompt_buckets]
-        if any((layout, b, p) not in self._lowered for b, p in buckets):
+        if any((layout, b, p) not in self._buckets for b, p in buckets):
             with tf.init_scope(), _uids_aligned():  # lowering runs eagerly, outside the signature
                 self._lower(layout, tensors, leaves, present, rows, buckets)
-        if any(self._lowered[(layout, b, p)] is None for b, p in buckets):
+        if any(self._buckets[(layout, b, p)] is None for b, p in buckets):
             return None
-        outputs = self._lowered[(layout,) + buckets[0]].outputs
+        outputs = self._buckets[(layout,) + buckets[0]].lowered.outputs
         flat = self._dispatch(layout, present, rows)
         return tf.nest.pack_sequence_as(outputs, flat)
 
@@ -92,12 +99,10 @@ class BucketedProgram:
         made = self.engine.lowered(self.strategy, examples, *self.static) if examples else []
         lowered = dict(zip(wanted, made))
         for batch, prompt in buckets:
-            key = (layout, batch, prompt)
-            self._lowered[key] = lowered.get((batch, prompt))
-            if self._lowered[key] is not None:
-                self._functions[key] = _jit_function(self._lowered[key], self.engine.programs.variables,
-                                                     f"{self.strategy}_b{batch}_p{prompt}")
-                self._input_specs[key] = specs[(batch, prompt)]
+            program = lowered.get((batch, prompt))
+            self._buckets[(layout, batch, prompt)] = None if program is None else _Bucket(
+                program, _jit_function(program.module, self.engine.programs.variables,
+                                       f"{self.strategy}_b{batch}_p{prompt}"), specs[(batch, prompt)])
 
     # -- dispatch (graph) ---------------------------------------------------------------------------
     def _dispatch(self, layout, present, rows):
@@ -124,9 +129,8 @@ class BucketedProgram:
 
         def branch(prompt):
             def run():
-                key = (layout, batch, prompt)
-                specs = self._input_specs[key]
-                return self._functions[key]([tf.reshape(x, spec.shape) for x, spec in zip(flat, specs)])
+                made = self._buckets[(layout, batch, prompt)]
+                return made.function([tf.reshape(x, spec.shape) for x, spec in zip(flat, made.specs)])
             return run
 
         if flat[0].shape[1] in self.prompt_buckets:  # a prompt length fixed when the graph is built
@@ -138,7 +142,7 @@ class BucketedProgram:
     def _chunked(self, layout, present, rows, chunks):
         """The largest batch bucket's modules over `chunks` consecutive slices of its size."""
         largest = self.batch_buckets[-1]
-        modules = [self._lowered[(layout, largest, p)].module for p in self.prompt_buckets]
+        modules = [self._buckets[(layout, largest, p)].lowered.module for p in self.prompt_buckets]
         types = modules[0].types
         shapes = [[d if all(m.types[i][1][axis] == d for m in modules) else None
                    for axis, d in enumerate(shape)] for i, (_, shape) in enumerate(types)]
@@ -155,10 +159,10 @@ class BucketedProgram:
         return [tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)) for x in stacked]
 
 
-def _jit_function(lowered, variables, name: str):
+def _jit_function(module, variables, name: str):
     """A jit-compiled function: flat inputs -> the module's flat outputs, on the weights' values."""
     def run(flat):
-        return tf.nest.flatten(lowered.call([variable.value() for variable in variables], flat))
+        return module.call([variable.value() for variable in variables] + list(flat))
 
     run.__name__ = name
     return tf.function(run, jit_compile=True)

@@ -59,7 +59,8 @@ class GenerationModule(tf.Module):
         # With XLA: each program as a StableHLO module per bucket (`tfgen.export.bucketed`), made by
         # the engine, so a server lowers nothing; the static arguments are the loops' below.
         num_steps = self.max_new_tokens
-        statics = {"sample": ("sample", (num_steps, 0, False)), "logprobs": ("sample", (num_steps, MAX_LOGPROBS, False)),
+        statics = {"sample": ("sample", (num_steps, 0, False)),
+                   "logprobs": ("sample", (num_steps, MAX_LOGPROBS, False)),
                    "beam": ("beam", (num_steps, self.num_beams, self.num_return_sequences)),
                    "speculative": ("speculative", (num_steps, speculative.DEFAULT_TOKENS, 0, False))}
         engine = generator.engine if xla and generator.engine.xla else None
